@@ -1,0 +1,188 @@
+"""The `rgsweep` command. Subcommands: train, models, sweep, tune, export, report, notebooks, ui.
+
+Exit codes: 0 success, 1 a trial failed or diverged, 2 invalid input (nothing was run or logged),
+130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import traceback
+from typing import Any
+
+from rgsweep.config import ConfigError, TrialConfig, load_yaml, make_config
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse's own errors keep exit code 2, on one line
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _float_list(s: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(p) for p in s.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected C,H,W such as 3,28,28, got {s!r}") from None
+
+
+# Flags of `rgsweep train` map one to one onto TrialConfig fields (dest = field name).
+TRAIN_FLAGS: list[tuple[str, dict[str, Any]]] = [
+    ("--dataset", {"help": "digits | cifar10 | mnist | fashion-mnist | synthetic | imagefolder:PATH"}),
+    ("--data-dir", {"help": "folder with the dataset in torchvision's layout (default $RGSWEEP_DATA or ./data)"}),
+    ("--download", {"action": "store_const", "const": True, "help": "download cifar10/mnist if missing"}),
+    ("--subset", {"type": int, "help": "class-balanced subset of N training images"}),
+    ("--val-fraction", {"type": float, "help": "hold out this share of the clean training set for validation"}),
+    ("--arch", {"help": "model name (see `rgsweep models`)"}),
+    ("--width", {"type": int, "help": "MLP hidden units"}),
+    ("--depth", {"type": int, "help": "MLP hidden layers"}),
+    ("--dropout", {"type": float}),
+    ("--batch-norm", {"choices": ["true", "false"], "help": "override the architecture's default"}),
+    ("--label-noise", {"type": float, "help": "probability p that a training label is redrawn (1 = random labels)"}),
+    ("--corruption", {"help": "none | shuffled_pixels | random_pixels | gaussian"}),
+    ("--corrupt-fraction", {"type": float, "help": "share of images whose pixels are corrupted"}),
+    ("--pixel-fraction", {"type": float, "help": "share of pixel positions a shuffle permutes"}),
+    ("--corruption-seed", {"type": int}),
+    ("--preprocess", {"help": "paper | standard | none"}),
+    ("--augment", {"help": "comma-separated: crop,flip,erase,rotate,affine,jitter,perspective (or none)"}),
+    ("--epochs", {"type": int, "help": "maximum epochs"}),
+    ("--batch-size", {"type": int}),
+    ("--optimizer", {"help": "sgd | adam"}),
+    ("--lr", {"type": float, "help": "initial learning rate"}),
+    ("--lr-schedule", {"help": "exponential | step | cosine | plateau | constant"}),
+    ("--lr-decay", {"type": float, "help": "exponential: factor per epoch (paper 0.95); step/plateau: factor"}),
+    ("--lr-step", {"type": int, "help": "step: epochs between decays; plateau: patience"}),
+    ("--momentum", {"type": float}),
+    ("--weight-decay", {"type": float}),
+    ("--fit-threshold", {"type": float, "help": "stop when train_acc reaches it (default 0.999)"}),
+    ("--no-fit-stop", {"dest": "fit_threshold", "action": "store_const", "const": "none",
+                       "help": "train all epochs even after fitting"}),
+    ("--early-stopping", {"type": int, "help": "patience in epochs on val_acc (needs --val-fraction)"}),
+    ("--seed", {"type": int, "help": "training seed"}),
+    ("--device", {"help": "auto | cpu | cuda | cuda:N"}),
+    ("--eval-batch-size", {"type": int}),
+]
+
+
+def add_tracking_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tracking-uri", help="MLflow store (default $MLFLOW_TRACKING_URI or sqlite:///mlruns/mlflow.db)")
+
+
+def config_from_args(args: argparse.Namespace) -> TrialConfig:
+    """YAML file (if any) first, then flags on top; validated as one TrialConfig."""
+    values: dict[str, Any] = load_yaml(args.config) if getattr(args, "config", None) else {}
+    for flag, opts in TRAIN_FLAGS:
+        dest = opts.get("dest", flag[2:].replace("-", "_"))
+        v = getattr(args, dest, None)
+        if v is None:
+            continue
+        if dest == "batch_norm":
+            v = v == "true"
+        if dest == "fit_threshold" and v == "none":
+            v = None
+        values[dest] = v
+    return make_config(values, where=args.config if getattr(args, "config", None) else "")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from rgsweep import tracking
+    from rgsweep.data.sources import DatasetError
+    from rgsweep.train import DivergedError, prepare_data, resolve_device, summary_line, train
+
+    config = config_from_args(args)
+    try:
+        uri = tracking.resolve_tracking_uri(args.tracking_uri)
+        device = resolve_device(config.device)
+        data = prepare_data(config, device)  # data errors surface here, before any run exists
+    except (DatasetError, ValueError, RuntimeError) as e:
+        print(f"rgsweep train: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    client = tracking.get_client(uri)
+    exp_id = tracking.get_experiment_id(client, args.experiment)
+    name = args.run_name or tracking.run_name(config, ["label_noise", "corruption"])
+    run = tracking.RunTracker.start(
+        client, exp_id, name, params=config.flat_params(), tags=tracking.trial_tags(config),
+    )
+    print(f"run {run.run_id} ({name}) in experiment {args.experiment!r} at {uri}", file=sys.stderr)
+    try:
+        summary = train(config, run.log_epoch, data=data, progress=not args.quiet)
+    except DivergedError as e:
+        tracking.finish_trial(run, e.summary, diverged=True)
+        print(f"{name}: DIVERGED at epoch {e.epoch} run_id={run.run_id}")
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        run.finish("KILLED")
+        print(f"{name}: interrupted, run {run.run_id} closed as KILLED", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception:
+        run.fail(traceback.format_exc())
+        raise
+    tracking.finish_trial(run, summary)
+    print(f"{name}: {summary_line(summary)} run_id={run.run_id}")
+    return EXIT_OK
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from rgsweep.models import MODELS, build_model, count_params
+
+    shape = args.input_shape
+    if len(shape) != 3:
+        print("rgsweep models: error: --input-shape needs C,H,W such as 3,28,28", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"{'model':<16}{'parameters':>14}  description (input {','.join(map(str, shape))}, "
+          f"{args.num_classes} classes)")
+    for name, spec in MODELS.items():
+        n = count_params(build_model(name, shape, args.num_classes))
+        print(f"{name:<16}{n:>14,}  {getattr(spec, 'description', '')}")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="rgsweep", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("train", help="train one trial (no Ray), tracked in MLflow")
+    p.add_argument("--config", help="YAML file of trial settings (flags override it)")
+    for flag, opts in TRAIN_FLAGS:
+        p.add_argument(flag, **opts)
+    p.add_argument("--experiment", default="train", help="MLflow experiment (default: train)")
+    p.add_argument("--run-name", help="MLflow run name (default: arch-noiseP-...-seedS)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_tracking_args(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("models", help="list the models with their parameter counts")
+    p.add_argument("--input-shape", type=_float_list, default=(3, 28, 28), help="C,H,W (default 3,28,28)")
+    p.add_argument("--num-classes", type=int, default=10)
+    p.set_defaults(func=cmd_models)
+
+    # Other modules add their own subcommands; an import error there must not break `train`.
+    for module in ("rgsweep.sweep", "rgsweep.tune", "rgsweep.analysis.commands"):
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name != module:
+                raise
+            continue
+        mod.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as e:
+        print(f"rgsweep {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

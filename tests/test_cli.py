@@ -1,0 +1,115 @@
+"""`rgsweep train` and `rgsweep models` end to end against a real SQLite MLflow store."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from rgsweep import tracking
+from rgsweep.cli import main
+
+
+def _runs(client, experiment):
+    exp = client.get_experiment_by_name(experiment)
+    return [] if exp is None else client.search_runs([exp.experiment_id])
+
+
+def test_train_logs_a_finished_run_with_metrics_params_tags_and_curve(client, tracking_uri, capsys):
+    code = main(["train", "--dataset", "synthetic", "--arch", "mlp1x512", "--epochs", "3", "--lr", "0.05",
+                 "--label-noise", "0.4", "--no-fit-stop", "--device", "cpu", "--quiet",
+                 "--experiment", "cli-train", "--tracking-uri", tracking_uri])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "train_acc=" in out and "test_acc=" in out and "gen_gap=" in out and "run_id=" in out
+    (run,) = _runs(client, "cli-train")
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name == "mlp1x512-noise0.4-clean-seed0"
+    p = run.data.params
+    assert p["label_noise"] == "0.4" and p["arch"] == "mlp1x512" and p["dataset"] == "synthetic"
+    t = run.data.tags
+    assert t["rgsweep.trial_key"] and t["rgsweep.git_commit"] and t["rgsweep.device"] == "cpu"
+    assert len(t["rgsweep.dataset_fingerprint"]) >= 8
+    hist = client.get_metric_history(run.info.run_id, "train_acc")
+    assert [m.step for m in hist] == [1, 2, 3]
+    for key in ("test_acc", "gen_gap", "train_acc_clean", "train_acc_noisy", "lr", "epoch_time_s"):
+        assert len(client.get_metric_history(run.info.run_id, key)) == 3, key
+    m = run.data.metrics
+    assert m["fitted"] == 0.0 and m["epochs_run"] == 3.0 and m["samples_per_s"] > 0
+    assert "final_gen_gap" in m and "best_test_acc" in m
+    arts = [a.path for a in client.list_artifacts(run.info.run_id)]
+    assert "learning_curve.png" in arts
+
+
+def test_train_from_yaml_config_with_flag_override(client, tracking_uri, tmp_path):
+    cfg = tmp_path / "trial.yaml"
+    cfg.write_text("dataset: synthetic\narch: cnn\nepochs: 1\nlabel_noise: 0.2\ndevice: cpu\n")
+    code = main(["train", "--config", str(cfg), "--label-noise", "0.6", "--quiet",
+                 "--experiment", "cli-yaml", "--tracking-uri", tracking_uri])
+    assert code == 0
+    (run,) = _runs(client, "cli-yaml")
+    assert run.data.params["arch"] == "cnn" and run.data.params["label_noise"] == "0.6"
+
+
+@pytest.mark.parametrize(
+    ("argv", "needles"),
+    [
+        (["--label-noise", "1.5"], ["label_noise", "1.5"]),
+        (["--lr", "-1"], ["lr", "greater than 0"]),
+        (["--epochs", "0"], ["epochs"]),
+        (["--arch", "vgg"], ["arch", "allowed", "alexnet"]),
+        (["--dataset", "imagenet"], ["dataset", "allowed", "cifar10"]),
+        (["--corruption", "blur"], ["corruption", "allowed", "gaussian"]),
+        (["--augment", "crop,mixup"], ["mixup", "allowed", "flip"]),
+        (["--dataset", "cifar10", "--data-dir", "/nonexistent/rg"], ["/nonexistent/rg", "--download"]),
+        (["--lr", "abc"], ["--lr", "invalid float"]),
+    ],
+)
+def test_bad_input_exits_2_with_clear_message_and_no_run(argv, needles, client, tracking_uri, capsys):
+    code = main(["train", *argv, "--experiment", "cli-bad", "--tracking-uri", tracking_uri, "--quiet"]) \
+        if "abc" not in argv else None
+    if code is None:  # argparse type errors exit through SystemExit
+        with pytest.raises(SystemExit) as e:
+            main(["train", *argv, "--experiment", "cli-bad", "--tracking-uri", tracking_uri])
+        code = e.value.code
+    assert code == 2
+    err = capsys.readouterr().err
+    for needle in needles:
+        assert needle in err, (needle, err)
+    assert _runs(client, "cli-bad") == []
+
+
+def test_unknown_config_file_key_exits_2(tmp_path, capsys, client, tracking_uri):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("dataset: synthetic\nlearning_rate: 0.1\n")
+    assert main(["train", "--config", str(cfg), "--experiment", "cli-bad", "--tracking-uri", tracking_uri]) == 2
+    err = capsys.readouterr().err
+    assert "unknown key 'learning_rate'" in err and "bad.yaml" in err
+    assert _runs(client, "cli-bad") == []
+
+
+def test_diverging_run_is_failed_with_tag(client, tracking_uri):
+    code = main(["train", "--dataset", "synthetic", "--arch", "mlp3x512", "--epochs", "20", "--lr", "10", "--momentum", "0.99",
+                 "--preprocess", "none", "--no-fit-stop", "--device", "cpu", "--quiet",
+                 "--experiment", "cli-diverge", "--tracking-uri", tracking_uri])
+    assert code == 1
+    (run,) = _runs(client, "cli-diverge")
+    assert run.info.status == "FAILED"
+    assert run.data.tags["rgsweep.diverged"] == "true"
+
+
+def test_models_lists_paper_counts(capsys):
+    assert main(["models", "--input-shape", "3,28,28"]) == 0
+    out = capsys.readouterr().out
+    for name, count in [("mlp1x512", "1,209,866"), ("mlp3x512", "1,735,178"), ("alexnet", "1,387,786"),
+                        ("inception", "1,649,402")]:
+        line = next(line for line in out.splitlines() if line.startswith(name + " "))
+        assert count in line
+
+
+def test_console_script_entry_point():
+    exe = tracking.Path(sys.executable).with_name("rgsweep")
+    out = subprocess.run([str(exe), "models", "--input-shape", "1,8,8"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "inception-nobn" in out.stdout

@@ -1,0 +1,106 @@
+"""The training loop on tiny real data: metrics, stop rules, divergence, determinism."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from rgsweep.config import make_config
+from rgsweep.train import DivergedError, prepare_data, train
+
+EPOCH_KEYS = {"epoch", "train_loss", "train_acc", "test_loss", "test_acc", "gen_gap", "lr", "epoch_time_s", "steps"}
+
+
+def run(**kw):
+    base = {"dataset": "synthetic", "arch": "mlp1x512", "epochs": 5, "lr": 0.05, "device": "cpu",
+            "preprocess": "standard"}
+    cfg = make_config({**base, **kw})
+    reports: list[dict] = []
+    summary = train(cfg, reports.append)
+    return cfg, summary, reports
+
+
+def test_clean_synthetic_fits_and_stops_at_threshold():
+    cfg, summary, reports = run(epochs=60, fit_threshold=0.99)
+    assert summary["fitted"] is True
+    assert summary["stop_reason"] == "fitted"
+    assert summary["epochs_to_fit"] == len(reports) == summary["epochs_run"] < 60
+    assert reports[-1]["train_acc"] >= 0.99
+    steps_per_epoch = math.ceil(600 / cfg.batch_size)
+    assert summary["steps_to_fit"] == summary["epochs_to_fit"] * steps_per_epoch
+    assert summary["final_test_acc"] > 0.8  # learnable data generalises
+    for i, m in enumerate(reports, start=1):
+        assert EPOCH_KEYS <= set(m)
+        assert m["epoch"] == i
+        assert m["gen_gap"] == pytest.approx(m["train_acc"] - m["test_acc"])
+        assert "train_acc_noisy" not in m  # no label changed
+        assert m["train_acc_clean"] == pytest.approx(m["train_acc"])
+    assert summary["samples_per_s"] > 0
+
+
+def test_lr_schedule_exponential_decays_per_epoch():
+    _, _, reports = run(epochs=4, fit_threshold=None, lr=0.1, lr_decay=0.5)
+    assert [r["lr"] for r in reports] == pytest.approx([0.1, 0.05, 0.025, 0.0125])
+
+
+def test_no_fit_threshold_runs_all_epochs():
+    _, summary, reports = run(epochs=7, fit_threshold=None)
+    assert len(reports) == 7 and summary["stop_reason"] == "max_epochs"
+    assert summary["epochs_to_fit"] is None and summary["fitted"] is False
+
+
+def test_early_stopping_on_validation_split():
+    # lr so small nothing improves after the first epochs: patience 2 must stop long before 50.
+    _, summary, reports = run(epochs=50, fit_threshold=None, lr=1e-7, val_fraction=0.2, early_stopping=2)
+    assert summary["stop_reason"] == "early_stopping"
+    assert len(reports) < 10
+    assert {"val_acc", "val_loss"} <= set(reports[0])
+
+
+def test_noisy_and_clean_subsets_partition_train_accuracy():
+    cfg = make_config({"dataset": "synthetic", "label_noise": 0.5, "device": "cpu"})
+    data = prepare_data(cfg, torch.device("cpu"))
+    n, n_noisy = len(data.y_train), int(data.noisy.sum())
+    assert 0.35 < n_noisy / n < 0.55  # ~0.9p of labels change
+    _, summary, reports = run(label_noise=0.5, epochs=3, fit_threshold=None)
+    m = reports[-1]
+    combined = (m["train_acc_clean"] * (n - n_noisy) + m["train_acc_noisy"] * n_noisy) / n
+    assert combined == pytest.approx(m["train_acc"], abs=1e-5)
+
+
+def test_same_seed_same_metrics_different_seed_differs():
+    _, _, a = run(epochs=2, fit_threshold=None, seed=3, augment=["crop", "flip"], arch="cnn")
+    _, _, b = run(epochs=2, fit_threshold=None, seed=3, augment=["crop", "flip"], arch="cnn")
+    _, _, c = run(epochs=2, fit_threshold=None, seed=4, augment=["crop", "flip"], arch="cnn")
+    assert [r["train_loss"] for r in a] == pytest.approx([r["train_loss"] for r in b], rel=1e-5)
+    assert a[-1]["train_loss"] != pytest.approx(c[-1]["train_loss"], rel=1e-6)
+
+
+def test_nan_loss_raises_diverged_after_reporting_the_epoch():
+    with pytest.raises(DivergedError) as e:
+        run(arch="mlp3x512", epochs=20, lr=10.0, momentum=0.99, preprocess="none", fit_threshold=None)
+    assert e.value.summary["stop_reason"] == "diverged"
+    assert "not finite" in str(e.value)
+
+
+def test_report_may_stop_the_trial():
+    class Stop(Exception):
+        pass
+
+    def report(m):
+        if m["epoch"] == 2:
+            raise Stop
+
+    cfg = make_config({"dataset": "synthetic", "epochs": 10, "device": "cpu"})
+    with pytest.raises(Stop):
+        train(cfg, report)
+
+
+@pytest.mark.parametrize("arch", ["alexnet", "inception", "resnet18", "wrn28-1", "cnn", "mlp3x512"])
+def test_every_model_trains_one_epoch_with_augmentation(arch):
+    _, summary, reports = run(arch=arch, epochs=1, fit_threshold=None, batch_size=64,
+                              augment=["crop", "flip", "erase", "jitter"], preprocess="paper")
+    assert len(reports) == 1 and math.isfinite(reports[0]["train_loss"])
+    assert summary["num_params"] > 0
