@@ -1,0 +1,140 @@
+"""The one module that imports Ray. Ray renamed its API several times (ray.air, ray.train, ray.tune);
+when it moves again, only this file changes.
+
+- `start_ray(address)`: join a cluster (`RAY_ADDRESS` or `--ray-address`) or start a local instance.
+- `run_trials(...)`: a `tune.Tuner` over a list of trial payloads (grid) or a search algorithm (Optuna),
+  with per-trial resources, a storage path, and our MLflow callback.
+- `report(metrics)`: what a trainable calls once per epoch.
+- `TrackingCallback`: a `tune.Callback` base whose hooks receive plain ids and dicts, so the MLflow
+  logic (sweep.py, tune.py) never touches Ray's Trial objects.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray import tune
+
+log = logging.getLogger(__name__)
+
+
+def start_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None) -> bool:
+    """Connect to Ray; returns True when this call started it (so the caller should stop it)."""
+    if ray.is_initialized():
+        return False
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    warnings.filterwarnings("ignore", module="ray")
+    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True, "configure_logging": False}
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, **kwargs)
+    return True
+
+
+def stop_ray(started: bool) -> None:
+    if started and ray.is_initialized():
+        ray.shutdown()
+
+
+def cluster_resources() -> dict[str, float]:
+    return dict(ray.cluster_resources())
+
+
+def report(metrics: dict[str, Any]) -> None:
+    """Per-epoch report from inside a trial."""
+    tune.report(metrics)
+
+
+class TrackingCallback(tune.Callback):
+    """Translates Tune's trial events into calls with (trial_id, payload) for subclasses to implement."""
+
+    def trial_started(self, trial_id: str, config: dict[str, Any]) -> None: ...
+    def trial_result(self, trial_id: str, result: dict[str, Any]) -> None: ...
+    def trial_completed(self, trial_id: str) -> None: ...
+    def trial_errored(self, trial_id: str, error: str) -> None: ...
+    def experiment_ended(self) -> None: ...
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.trial_started(trial.trial_id, trial.config)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self.trial_result(trial.trial_id, result)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.trial_completed(trial.trial_id)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        error = None
+        try:
+            error = trial.get_error()
+        except Exception:  # the error file may live on another node's storage
+            error = None
+        self.trial_errored(trial.trial_id, str(error or trial.error_file or "trial raised an error"))
+
+    def on_experiment_end(self, trials, **info):
+        self.experiment_ended()
+
+
+def run_trials(
+    trainable: Callable[[dict[str, Any]], Any],
+    *,
+    name: str,
+    storage_path: str | Path,
+    resources: dict[str, float],
+    callbacks: list[tune.Callback],
+    payloads: list[dict[str, Any]] | None = None,
+    param_space: dict[str, Any] | None = None,
+    search_alg: Any = None,
+    scheduler: Any = None,
+    num_samples: int = 1,
+    max_concurrent: int | None = None,
+    metric: str | None = None,
+    mode: str | None = None,
+    verbose: int = 1,
+) -> tuple[int, int, int]:
+    """Run trials on Ray Tune; returns (terminated, errored, other) counts. Never raises for a failed
+    trial (failures are recorded by the callback); a SIGINT makes Tune stop the trials and return."""
+    if payloads is not None:
+        param_space = {"trial": tune.grid_search(payloads)}
+    tuner = tune.Tuner(
+        tune.with_resources(trainable, resources),
+        param_space=param_space or {},
+        tune_config=tune.TuneConfig(
+            search_alg=search_alg, scheduler=scheduler, num_samples=num_samples,
+            max_concurrent_trials=max_concurrent, metric=metric, mode=mode, reuse_actors=False,
+        ),
+        run_config=tune.RunConfig(
+            name=name,
+            storage_path=str(Path(storage_path).resolve()) if "://" not in str(storage_path) else str(storage_path),
+            callbacks=callbacks,
+            failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
+            verbose=verbose,
+        ),
+    )
+    grid = tuner.fit()
+    done = errored = other = 0
+    for r in grid:
+        if r.error is not None:
+            errored += 1
+        elif r.metrics and r.metrics.get("done", False):
+            done += 1
+        else:
+            other += 1
+    return done, errored, other
+
+
+def trial_resources() -> dict[str, float]:
+    """Resources granted to the current trial (for thread counts)."""
+    try:
+        res = tune.get_context().get_trial_resources()
+        return dict(res.required_resources)
+    except Exception:
+        return {}

@@ -1,0 +1,537 @@
+"""Grid sweeps: a YAML sweep file -> validated trials -> Ray Tune -> one MLflow child run per trial.
+
+Sweep file (sweeps/*.yaml):
+
+    name: demo                      # also the default MLflow experiment
+    experiment: demo                # optional
+    baseline: baselines/tune-demo.yaml   # optional, written by `rgsweep tune` (path relative to the file)
+    base: {dataset: digits, arch: mlp1x512, epochs: 60}     # a TrialConfig, shared by every trial
+    grid:                           # cartesian product of these lists
+      arch: [mlp1x512, cnn]
+      label_noise: [0.0, 0.2, 0.4]
+      setting:                      # a *bundle*: any key whose values are mappings of TrialConfig keys
+        - {corruption: none}
+        - {corruption: shuffled_pixels}
+    seeds: [0, 1]
+    resources: {cpu: 1, gpu: 0.25}  # per trial; fractions allowed
+    max_concurrent: 4
+    pack: 1                         # >1: train this many same-shape trials together in one process
+    smoke: {epochs: 2, subset: 200} # overrides used by --smoke (CI runs every sweep file this way)
+
+The MLflow store is the source of truth for resume: a trial is identified by its trial key (a
+hash of its resolved config), so `--resume` skips trials that already have a FINISHED run, closes
+runs left RUNNING by a dead driver as KILLED, and runs everything else once more.
+
+Every MLflow write happens in this driver process (one writer, no SQLite races); trials on any
+node of a Ray cluster only report numbers back through Ray.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from rgsweep import tracking
+from rgsweep.config import ConfigError, TrialConfig, load_yaml, make_config
+
+SUMMARY_KEY = "rgsweep_summary"
+DEFAULT_SMOKE = {"dataset": "synthetic", "data_dir": None, "subset": None, "epochs": 2, "download": False}
+
+
+class Resources(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    cpu: float = Field(1.0, gt=0)  # CPU cores per trial; also the trial's torch thread count
+    gpu: float = Field(0.0, ge=0)  # GPUs per trial; 0.25 packs four trials on one GPU (no memory isolation)
+
+
+class SweepSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1)
+    experiment: str | None = None
+    description: str = ""
+    baseline: str | None = None
+    base: dict[str, Any] = Field(default_factory=dict)
+    grid: dict[str, list[Any]] = Field(default_factory=dict)
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    resources: Resources = Field(default_factory=Resources)
+    max_concurrent: int | None = Field(None, ge=1)
+    pack: int = Field(1, ge=1, le=256)
+    smoke: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("grid")
+    @classmethod
+    def _grid(cls, grid: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        for key, values in grid.items():
+            if not values:
+                raise ValueError(f"grid key {key!r} has an empty list of values")
+            bundles = [isinstance(v, dict) for v in values]
+            if any(bundles) and not all(bundles):
+                raise ValueError(f"grid key {key!r}: mix of mappings and plain values")
+            if not any(bundles) and key not in TrialConfig.model_fields:
+                raise ValueError(
+                    f"unknown grid key {key!r}; allowed: the trial keys ({', '.join(TrialConfig.model_fields)}) "
+                    "or a bundle name whose values are mappings of trial keys"
+                )
+        return grid
+
+
+@dataclass
+class Trial:
+    config: TrialConfig
+    key: str
+    name: str
+    swept: dict[str, Any] = field(default_factory=dict)  # the grid values this trial took
+
+
+@dataclass
+class Plan:
+    spec: SweepSpec
+    path: Path
+    experiment: str
+    trials: list[Trial]
+    swept_keys: list[str]
+
+
+# -- loading and expansion ------------------------------------------------------------------------
+def load_spec(path: str | Path) -> SweepSpec:
+    data = load_yaml(path)
+    try:
+        return SweepSpec(**data)
+    except ValidationError as e:
+        msgs = []
+        for err in e.errors():
+            loc = ".".join(str(p) for p in err["loc"])
+            if err["type"] == "extra_forbidden":
+                msgs.append(f"unknown key {loc!r}; allowed keys: {', '.join(SweepSpec.model_fields)}")
+            else:
+                msgs.append(f"{loc}: {err['msg'].removeprefix('Value error, ')}")
+        raise ConfigError(f"invalid sweep file {path}: " + "; ".join(msgs)) from None
+
+
+def _fmt_value(v: Any) -> str:
+    return json.dumps(v) if isinstance(v, (dict, list)) else str(v)
+
+
+def expand(
+    spec: SweepSpec, path: Path, overrides: dict[str, Any] | None = None, smoke: bool = False,
+) -> Plan:
+    """Every trial of the sweep as a validated TrialConfig. Raises ConfigError naming the bad trial."""
+    base: dict[str, Any] = {}
+    if spec.baseline:
+        bpath = (path.parent / spec.baseline).resolve()
+        bdata = load_yaml(bpath)
+        base.update(bdata.get("params", bdata))
+    base.update(spec.base)
+    grid = dict(spec.grid)
+    if smoke:
+        base.update({**DEFAULT_SMOKE, **spec.smoke})
+        # First and last value of every grid list: the extremes, at a fraction of the cost.
+        grid = {k: (v if len(v) <= 2 else [v[0], v[-1]]) for k, v in grid.items()}
+    base.update(overrides or {})
+
+    keys = list(grid)
+    swept: list[str] = []
+    for k in keys:
+        names = [kk for v in grid[k] for kk in v] if isinstance(grid[k][0], dict) else [k]
+        swept += [kk for kk in dict.fromkeys(names) if kk not in swept]
+    seeds = spec.seeds[:1] if smoke else spec.seeds
+    if len(seeds) > 1:
+        swept.append("seed")
+
+    trials: list[Trial] = []
+    seen: set[str] = set()
+    for combo in itertools.product(*(grid[k] for k in keys)):
+        values = dict(base)
+        chosen: dict[str, Any] = {}
+        for k, v in zip(keys, combo):
+            if isinstance(v, dict):
+                values.update(v)
+                chosen.update(v)
+            else:
+                values[k] = v
+                chosen[k] = v
+        for seed in seeds:
+            values_s = {**values, "seed": seed}
+            where = f"{path} (trial {', '.join(f'{k}={_fmt_value(v)}' for k, v in chosen.items())})"
+            cfg = make_config(values_s, where=where)
+            key = cfg.key()
+            if key in seen:  # two grid points that resolve to the same trial run once
+                continue
+            seen.add(key)
+            trials.append(Trial(cfg, key, tracking.run_name(cfg, swept), {**chosen, "seed": seed}))
+    return Plan(spec, path, spec.experiment or spec.name, trials, swept)
+
+
+# -- the trainable (runs on a Ray worker) ---------------------------------------------------------
+def trainable(config: dict[str, Any]) -> None:
+    """Thin Ray adapter around `train`: reads the payload, sets threads, reports each epoch."""
+    import torch
+
+    from rgsweep import raytune
+    from rgsweep.train import DivergedError, train
+
+    payload = config["trial"]
+    cpus = raytune.trial_resources().get("CPU", 1) or 1
+    torch.set_num_threads(max(1, int(cpus)))
+    cfg = TrialConfig(**payload["config"])
+    fail_at = payload.get("inject_failure")  # fault injection (tests): raise at this epoch
+
+    def report(metrics: dict[str, Any]) -> None:
+        if fail_at is not None and metrics["epoch"] >= fail_at:
+            raise RuntimeError(f"injected failure at epoch {metrics['epoch']}")
+        raytune.report(metrics)
+
+    try:
+        summary = train(cfg, report)
+        status = "finished"
+    except DivergedError as e:
+        summary, status = e.summary, "diverged"
+    summary.pop("last_epoch", None)
+    raytune.report({SUMMARY_KEY: json.dumps({"status": status, **summary}, default=str)})
+
+
+# -- MLflow from the driver -----------------------------------------------------------------------
+class SweepTracker:
+    """Owns the parent run and the child runs; every write happens in the driver."""
+
+    def __init__(self, plan: Plan, tracking_uri: str | None, resume: bool, rerun_failed: bool):
+        self.plan = plan
+        self.client = tracking.get_client(tracking_uri)  # creates the schema once, before trials fan out
+        self.uri = self.client.tracking_uri
+        self.exp_id = tracking.get_experiment_id(self.client, plan.experiment)
+        self.parent: tracking.RunTracker | None = None
+        self.done: dict[str, Any] = {}  # trial key -> FINISHED run (skipped on resume)
+        self.failed_before: dict[str, Any] = {}
+        self.runs: dict[str, tracking.RunTracker] = {}  # ray trial id -> open child run
+        self.by_payload: dict[str, Trial] = {t.key: t for t in plan.trials}
+        self.resume = resume
+        self.rerun_failed = rerun_failed
+
+    def _latest_parent(self) -> Any | None:
+        runs = self.client.search_runs(
+            [self.exp_id],
+            f"tags.`rgsweep.kind` = 'sweep' and tags.`rgsweep.sweep` = '{self.plan.spec.name}'",
+            order_by=["attributes.start_time DESC"], max_results=1,
+        )
+        return runs[0] if runs else None
+
+    def open(self) -> list[Trial]:
+        """Create (or, on resume, reopen) the parent run; return the trials still to run."""
+        todo = list(self.plan.trials)
+        parent = self._latest_parent() if self.resume else None
+        if parent is not None:
+            self.parent = tracking.RunTracker(self.client, parent.info.run_id)
+            tracking.retry(lambda: self.client.update_run(parent.info.run_id, status="RUNNING"))
+            keys = set(self.by_payload)
+            for run in tracking.search_children(self.client, self.exp_id):
+                key = run.data.tags.get("rgsweep.trial_key")
+                if key not in keys:
+                    continue
+                status = run.info.status
+                if status == "RUNNING":  # left behind by a driver that died
+                    tracking.RunTracker(self.client, run.info.run_id).finish("KILLED")
+                elif status == "FINISHED":
+                    self.done[key] = run
+                elif status == "FAILED":
+                    self.failed_before[key] = run
+            skip = set(self.done) | (set() if self.rerun_failed else set(self.failed_before))
+            todo = [t for t in todo if t.key not in skip]
+        else:
+            tags = {
+                "rgsweep.kind": "sweep", "rgsweep.sweep": self.plan.spec.name,
+                "rgsweep.swept": ",".join(self.plan.swept_keys), "rgsweep.git_commit": tracking.git_commit(),
+                "rgsweep.n_trials": str(len(self.plan.trials)),
+            }
+            self.parent = tracking.RunTracker.start(
+                self.client, self.exp_id, f"sweep-{self.plan.spec.name}", tags=tags,
+                params={"sweep_file": str(self.plan.path), "n_trials": str(len(self.plan.trials))},
+            )
+            self.parent.log_artifact(self.plan.path)
+        return todo
+
+    # Ray callback hooks (called in the driver)
+    def trial_started(self, ray_id: str, payload: dict[str, Any]) -> None:
+        trial = self.by_payload[payload["trial"]["key"]]
+        tags = tracking.trial_tags(trial.config, sweep=self.plan.spec.name)
+        tags["rgsweep.ray_trial_id"] = ray_id
+        self.runs[ray_id] = tracking.RunTracker.start(
+            self.client, self.exp_id, trial.name, params=trial.config.flat_params(), tags=tags,
+            parent_run_id=self.parent.run_id,
+        )
+
+    def trial_result(self, ray_id: str, result: dict[str, Any]) -> None:
+        run = self.runs.get(ray_id)
+        if run is None:
+            return
+        if SUMMARY_KEY in result:
+            summary = json.loads(result[SUMMARY_KEY])
+            status = summary.pop("status")
+            tracking.finish_trial(run, summary, diverged=status == "diverged")
+            del self.runs[ray_id]
+        elif "epoch" in result:
+            run.log_epoch({k: result[k] for k in result if k in _EPOCH_KEYS})
+
+    def trial_errored(self, ray_id: str, error: str) -> None:
+        run = self.runs.pop(ray_id, None)
+        if run is not None:
+            run.log_learning_curve()
+            run.fail(error)
+
+    def trial_completed(self, ray_id: str) -> None:
+        run = self.runs.pop(ray_id, None)
+        if run is not None:  # completed without a summary: stopped by a scheduler or interrupted
+            run.log_learning_curve()
+            run.finish("KILLED")
+
+    def close(self, interrupted: bool) -> dict[str, int]:
+        for run in self.runs.values():  # still open: the sweep was interrupted
+            run.finish("KILLED")
+        self.runs.clear()
+        counts = self.counts()
+        self.parent.log_metrics({f"n_{k}": v for k, v in counts.items()})
+        self.parent.finish("KILLED" if interrupted else ("FAILED" if counts["failed"] else "FINISHED"))
+        return counts
+
+    def latest_runs(self) -> dict[str, Any]:
+        """Trial key -> its most relevant run (FINISHED wins, else the newest)."""
+        best: dict[str, Any] = {}
+        rank = {"FINISHED": 3, "FAILED": 2, "KILLED": 1, "RUNNING": 0}
+        for run in tracking.search_children(self.client, self.exp_id):
+            key = run.data.tags.get("rgsweep.trial_key")
+            if key not in self.by_payload:
+                continue
+            cur = best.get(key)
+            score = (rank.get(run.info.status, 0), run.info.start_time)
+            if cur is None or score > (rank.get(cur.info.status, 0), cur.info.start_time):
+                best[key] = run
+        return best
+
+    def counts(self) -> dict[str, int]:
+        latest = self.latest_runs()
+        c = {"trials": len(self.plan.trials), "finished": 0, "failed": 0, "killed": 0, "missing": 0}
+        for t in self.plan.trials:
+            run = latest.get(t.key)
+            status = run.info.status if run else "MISSING"
+            c[{"FINISHED": "finished", "FAILED": "failed", "KILLED": "killed"}.get(status, "missing")] += 1
+        return c
+
+
+_EPOCH_KEYS = {
+    "epoch", "train_loss", "train_acc", "train_acc_clean", "train_acc_noisy", "test_loss", "test_acc",
+    "gen_gap", "lr", "epoch_time_s", "steps", "val_loss", "val_acc",
+}
+
+
+class _Callback:
+    """Factory for the Ray callback bound to a SweepTracker (defined lazily: Ray imports stay in raytune)."""
+
+    @staticmethod
+    def make(tracker: Any) -> Any:
+        from rgsweep import raytune
+
+        class Cb(raytune.TrackingCallback):
+            def trial_started(self, trial_id, config):
+                tracker.trial_started(trial_id, config)
+
+            def trial_result(self, trial_id, result):
+                tracker.trial_result(trial_id, result)
+
+            def trial_completed(self, trial_id):
+                tracker.trial_completed(trial_id)
+
+            def trial_errored(self, trial_id, error):
+                tracker.trial_errored(trial_id, error)
+
+        return Cb()
+
+
+# -- results table --------------------------------------------------------------------------------
+def results_table(plan: Plan, latest: dict[str, Any]) -> str:
+    cols = [k for k in plan.swept_keys]
+    header = ["run", *cols, "train_acc", "test_acc", "gen_gap", "epochs_to_fit", "status"]
+    rows = []
+    for t in plan.trials:
+        run = latest.get(t.key)
+        m = run.data.metrics if run else {}
+
+        def f(k: str, fmt: str = "{:.3f}") -> str:
+            v = m.get(k)
+            return fmt.format(v) if v is not None and not (isinstance(v, float) and math.isnan(v)) else "-"
+
+        vals = [str(getattr(t.config, c)) if not isinstance(getattr(t.config, c), list)
+                else ("+".join(getattr(t.config, c)) or "none") for c in cols]
+        diverged = run is not None and run.data.tags.get("rgsweep.diverged") == "true"
+        status = "DIVERGED" if diverged else (run.info.status if run else "NOT RUN")
+        rows.append([t.name, *vals, f("final_train_acc"), f("final_test_acc"), f("final_gen_gap"),
+                     f("epochs_to_fit", "{:.0f}"), status])
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    line = lambda r: "  ".join(str(x).ljust(w) for x, w in zip(r, widths))
+    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+def ui_hint(uri: str, exp_id: str) -> str:
+    return (f"MLflow UI: `make ui`, then open http://127.0.0.1:5000/#/experiments/{exp_id}/runs "
+            f"(store: {uri})")
+
+
+# -- running --------------------------------------------------------------------------------------
+def run_sweep(
+    plan: Plan,
+    *,
+    tracking_uri: str | None = None,
+    resume: bool = False,
+    rerun_failed: bool = False,
+    ray_address: str | None = None,
+    storage_path: str | None = None,
+    max_concurrent: int | None = None,
+    num_cpus: int | None = None,
+    inject_failure: dict[str, int] | None = None,
+    verbose: int = 1,
+) -> tuple[int, dict[str, int]]:
+    """Run (or resume) a sweep; returns (exit code, counts)."""
+    from rgsweep import raytune
+
+    tracker = SweepTracker(plan, tracking_uri, resume, rerun_failed)
+    todo = tracker.open()
+    print(f"sweep {plan.spec.name!r}: {len(plan.trials)} trials, {len(todo)} to run "
+          f"(parent run {tracker.parent.run_id}, experiment {plan.experiment!r})", flush=True)
+    interrupted = False
+    if todo:
+        payloads = []
+        for t in todo:
+            p: dict[str, Any] = {"config": t.config.model_dump(), "key": t.key, "name": t.name}
+            if inject_failure and t.name in inject_failure:
+                p["inject_failure"] = inject_failure[t.name]
+            payloads.append(p)
+        res = plan.spec.resources
+        storage = storage_path or os.environ.get("RGSWEEP_STORAGE") or default_storage(tracker.uri)
+        started = raytune.start_ray(ray_address, num_cpus=num_cpus)
+        try:
+            raytune.run_trials(
+                trainable, name=f"{plan.spec.name}-{time.strftime('%Y%m%d-%H%M%S')}",
+                storage_path=storage, resources={"cpu": res.cpu, "gpu": res.gpu},
+                callbacks=[_Callback.make(tracker)], payloads=payloads,
+                max_concurrent=max_concurrent or plan.spec.max_concurrent, verbose=verbose,
+            )
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            interrupted = interrupted or bool(tracker.runs)
+            raytune.stop_ray(started)
+    counts = tracker.close(interrupted)
+    latest = tracker.latest_runs()
+    print()
+    print(results_table(plan, latest))
+    print(f"\n{counts['finished']} finished, {counts['failed']} failed, {counts['killed']} killed, "
+          f"{counts['missing']} not run, of {counts['trials']} trials")
+    print(ui_hint(tracker.uri, tracker.exp_id))
+    if interrupted or counts["killed"] or counts["missing"]:
+        return 130, counts
+    return (1 if counts["failed"] else 0), counts
+
+
+def default_storage(uri: str) -> str:
+    """Ray Tune's state beside the SQLite store (mlruns/ray), else ./mlruns/ray."""
+    root = tracking.artifact_root(uri)
+    base = Path(root[len("file://"):]) if root else Path("mlruns").resolve()
+    return str(base / "ray")
+
+
+def _parse_set(items: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
+        k, v = item.split("=", 1)
+        out[k.strip().replace("-", "_")] = yaml.safe_load(v)
+    return out
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    path = Path(args.file)
+    spec = load_spec(path)
+    overrides = _parse_set(args.set)
+    if args.dataset:
+        overrides["dataset"] = args.dataset
+    if args.data_dir:
+        overrides["data_dir"] = args.data_dir
+    if args.download:
+        overrides["download"] = True
+    plan = expand(spec, path, overrides, smoke=args.smoke)
+    if args.cpus_per_trial or args.gpus_per_trial is not None:
+        plan.spec.resources = Resources(
+            cpu=args.cpus_per_trial or plan.spec.resources.cpu,
+            gpu=plan.spec.resources.gpu if args.gpus_per_trial is None else args.gpus_per_trial,
+        )
+    if args.dry_run:
+        for t in plan.trials:
+            print(f"{t.name:<48} {t.key}  " + " ".join(f"{k}={_fmt_value(v)}" for k, v in t.swept.items()))
+        print(f"{len(plan.trials)} trials (experiment {plan.experiment!r}, swept: {', '.join(plan.swept_keys)})")
+        return 0
+    if not (args.ray_address or os.environ.get("RAY_ADDRESS")):
+        check_data(plan)  # a missing dataset fails here, before Ray starts and before any run exists
+    code, _ = run_sweep(
+        plan, tracking_uri=args.tracking_uri, resume=args.resume, rerun_failed=args.rerun_failed,
+        ray_address=args.ray_address, storage_path=args.storage_path, max_concurrent=args.max_concurrent,
+        num_cpus=args.num_cpus,
+    )
+    return code
+
+
+def check_data(plan: Plan) -> None:
+    """Load each distinct dataset once (this also fills the decode cache the trials then read)."""
+    from rgsweep.data.sources import DatasetError, load_dataset
+
+    seen = set()
+    for t in plan.trials:
+        c = t.config
+        k = (c.dataset, c.data_dir, c.download, c.subset)
+        if k in seen:
+            continue
+        seen.add(k)
+        try:
+            load_dataset(c.dataset, c.data_dir, c.download, c.subset)
+        except (DatasetError, ValueError) as e:
+            raise ConfigError(str(e)) from None
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("sweep", help="run a grid sweep file on Ray Tune, every trial an MLflow run")
+    p.add_argument("file", help="sweep file (sweeps/*.yaml)")
+    p.add_argument("--dry-run", action="store_true", help="print the expanded trials and their count")
+    p.add_argument("--smoke", action="store_true", help="tiny variant: the file's smoke overrides, 2 values per key")
+    p.add_argument("--resume", action="store_true", help="continue the last run of this sweep; skip FINISHED trials")
+    p.add_argument("--rerun-failed", action="store_true", help="with --resume: run FAILED trials again")
+    p.add_argument("--dataset", help="override the dataset of every trial")
+    p.add_argument("--data-dir", help="override the data dir of every trial")
+    p.add_argument("--download", action="store_true", help="allow downloading the dataset")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a base trial key (repeatable)")
+    p.add_argument("--ray-address", help="join this Ray cluster (default $RAY_ADDRESS, else a local instance)")
+    p.add_argument("--storage-path", help="Ray Tune state (default mlruns/ray beside the store; s3://... for clusters)")
+    p.add_argument("--max-concurrent", type=int, help="cap on trials running at once")
+    p.add_argument("--cpus-per-trial", type=float, help="override resources.cpu")
+    p.add_argument("--gpus-per-trial", type=float, help="override resources.gpu (fractions share a GPU)")
+    p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance (default: all)")
+    tracking_arg(p)
+    p.set_defaults(func=cmd_sweep)
+
+
+def tracking_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tracking-uri", help="MLflow store (default $MLFLOW_TRACKING_URI or sqlite:///mlruns/mlflow.db)")
+
+
+if __name__ == "__main__":
+    from rgsweep.cli import main
+
+    sys.exit(main(["sweep", *sys.argv[1:]]))
