@@ -77,7 +77,10 @@ class TrackingCallback(tune.Callback):
             error = trial.get_error()
         except Exception:  # the error file may live on another node's storage
             error = None
-        self.trial_errored(trial.trial_id, str(error or trial.error_file or "trial raised an error"))
+        path = trial.error_file
+        if not error and path and os.path.exists(path):
+            error = Path(path).read_text(errors="replace")
+        self.trial_errored(trial.trial_id, str(error or path or "trial raised an error"))
 
     def on_experiment_end(self, trials, **info):
         self.experiment_ended()
@@ -90,7 +93,7 @@ def run_trials(
     storage_path: str | Path,
     resources: dict[str, float],
     callbacks: list[tune.Callback],
-    payloads: list[dict[str, Any]] | None = None,
+    payloads: dict[str, dict[str, Any]] | None = None,
     param_space: dict[str, Any] | None = None,
     search_alg: Any = None,
     scheduler: Any = None,
@@ -103,13 +106,16 @@ def run_trials(
     """Run trials on Ray Tune; returns (terminated, errored, other) counts. Never raises for a failed
     trial (failures are recorded by the callback); a SIGINT makes Tune stop the trials and return."""
     if payloads is not None:
-        param_space = {"trial": tune.grid_search(payloads)}
+        # Ray's table shows the readable names; the payloads travel once, in the object store.
+        param_space = {"trial": tune.grid_search(list(payloads))}
+        trainable = tune.with_parameters(trainable, payloads=payloads)
     tuner = tune.Tuner(
         tune.with_resources(trainable, resources),
         param_space=param_space or {},
         tune_config=tune.TuneConfig(
             search_alg=search_alg, scheduler=scheduler, num_samples=num_samples,
-            max_concurrent_trials=max_concurrent, metric=metric, mode=mode, reuse_actors=False,
+            max_concurrent_trials=max_concurrent, metric=metric, mode=mode,
+            reuse_actors=True,  # keeps worker processes (and their torch import) across trials
         ),
         run_config=tune.RunConfig(
             name=name,

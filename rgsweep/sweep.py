@@ -169,19 +169,22 @@ def expand(
             if key in seen:  # two grid points that resolve to the same trial run once
                 continue
             seen.add(key)
-            trials.append(Trial(cfg, key, tracking.run_name(cfg, swept), {**chosen, "seed": seed}))
+            name = tracking.run_name(cfg, swept)
+            if any(t.name == name for t in trials):  # same swept values, other base: keep names unique
+                name = f"{name}-{key[:6]}"
+            trials.append(Trial(cfg, key, name, {**chosen, "seed": seed}))
     return Plan(spec, path, spec.experiment or spec.name, trials, swept)
 
 
 # -- the trainable (runs on a Ray worker) ---------------------------------------------------------
-def trainable(config: dict[str, Any]) -> None:
+def trainable(config: dict[str, Any], payloads: dict[str, dict[str, Any]]) -> None:
     """Thin Ray adapter around `train`: reads the payload, sets threads, reports each epoch."""
     import torch
 
     from rgsweep import raytune
     from rgsweep.train import DivergedError, train
 
-    payload = config["trial"]
+    payload = payloads[config["trial"]]
     cpus = raytune.trial_resources().get("CPU", 1) or 1
     torch.set_num_threads(max(1, int(cpus)))
     cfg = TrialConfig(**payload["config"])
@@ -215,6 +218,7 @@ class SweepTracker:
         self.failed_before: dict[str, Any] = {}
         self.runs: dict[str, tracking.RunTracker] = {}  # ray trial id -> open child run
         self.by_payload: dict[str, Trial] = {t.key: t for t in plan.trials}
+        self.by_name: dict[str, Trial] = {t.name: t for t in plan.trials}
         self.resume = resume
         self.rerun_failed = rerun_failed
 
@@ -262,7 +266,7 @@ class SweepTracker:
 
     # Ray callback hooks (called in the driver)
     def trial_started(self, ray_id: str, payload: dict[str, Any]) -> None:
-        trial = self.by_payload[payload["trial"]["key"]]
+        trial = self.by_name[payload["trial"]]
         tags = tracking.trial_tags(trial.config, sweep=self.plan.spec.name)
         tags["rgsweep.ray_trial_id"] = ray_id
         self.runs[ray_id] = tracking.RunTracker.start(
@@ -408,12 +412,12 @@ def run_sweep(
           f"(parent run {tracker.parent.run_id}, experiment {plan.experiment!r})", flush=True)
     interrupted = False
     if todo:
-        payloads = []
+        payloads: dict[str, dict[str, Any]] = {}
         for t in todo:
-            p: dict[str, Any] = {"config": t.config.model_dump(), "key": t.key, "name": t.name}
+            p: dict[str, Any] = {"config": t.config.model_dump(), "key": t.key}
             if inject_failure and t.name in inject_failure:
                 p["inject_failure"] = inject_failure[t.name]
-            payloads.append(p)
+            payloads[t.name] = p
         res = plan.spec.resources
         storage = storage_path or os.environ.get("RGSWEEP_STORAGE") or default_storage(tracker.uri)
         started = raytune.start_ray(ray_address, num_cpus=num_cpus)

@@ -1,0 +1,164 @@
+"""Subcommands `rgsweep export | report | notebooks | ui`, added to the main parser by `register`.
+
+Heavy imports (mlflow, pandas, matplotlib) happen inside the command functions, so `rgsweep --help`
+and the other subcommands stay fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _error(command: str, message: object) -> int:
+    print(f"rgsweep {command}: error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _tracking_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else "
+                                          "sqlite:///mlruns/mlflow.db)")
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from rgsweep.analysis.export import AnalysisError, export_runs, load_export
+
+    try:
+        paths = export_runs(args.tracking_uri, experiment=args.experiment, parent_run_id=args.sweep,
+                            out_dir=args.out, csv=args.csv)
+    except AnalysisError as e:
+        return _error("export", e)
+    runs, history = load_export(args.out)
+    print(f"exported {len(runs)} trial runs, {len(history)} epoch rows")
+    for path in paths.values():
+        print(f"  {path}")
+    return EXIT_OK
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from rgsweep.analysis.export import AnalysisError, experiment_id, get_client
+    from rgsweep.analysis.report import build_report, latest_sweep_parent
+
+    try:
+        path = build_report(args.tracking_uri, experiment=args.experiment, out_dir=args.out,
+                            log_to_parent=not args.no_log)
+    except AnalysisError as e:
+        return _error("report", e)
+    print(f"report: {path}")
+    if not args.no_log:
+        client = get_client(args.tracking_uri)
+        parent = latest_sweep_parent(client, experiment_id(client, args.experiment))
+        print(f"logged as artifacts report/ of sweep run {parent}" if parent
+              else "no sweep parent run: report not logged to MLflow")
+    return EXIT_OK
+
+
+def cmd_notebooks(args: argparse.Namespace) -> int:
+    from rgsweep.analysis.export import AnalysisError
+    from rgsweep.analysis.notebooks import NotebookError, run_notebooks
+
+    try:
+        written = run_notebooks(args.dir, args.export, args.out)
+    except NotebookError as e:  # a notebook raised: the run failed, not the command line
+        print(f"rgsweep notebooks: error: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    except AnalysisError as e:
+        return _error("notebooks", e)
+    for path in written:
+        print(f"executed: {path}")
+    return EXIT_OK
+
+
+def artifacts_dir(uri: str) -> Path:
+    """Where a UI-created experiment's artifacts go: beside a SQLite database (mlruns/), else ./mlruns."""
+    if uri.startswith("sqlite:///"):
+        return Path(uri[len("sqlite:///"):]).parent
+    return Path.cwd() / "mlruns"
+
+
+def server_command(uri: str, *, host: str = "127.0.0.1", port: int = 5000, workers: int = 1) -> list[str]:
+    """`mlflow server` over the store, from this interpreter's mlflow. One worker: a local UI needs no more,
+    and it starts in half the time of the default four."""
+    return [
+        sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
+        "--artifacts-destination", str(artifacts_dir(uri)), "--host", host, "--port", str(port),
+        "--workers", str(workers),
+    ]
+
+
+def server_env() -> dict[str, str]:
+    """The server's environment. MLflow 3.17 also starts job-runner processes (GenAI judges, trace rollups)
+    by default: seven extra processes, twice the start-up time, and orphans when the server is killed.
+    A UI over sweep runs needs none of it; setting the variable yourself turns it back on."""
+    return {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}
+
+
+def runs_table_urls(uri: str, host: str, port: int) -> list[tuple[str, str]]:
+    """(experiment name, address of its runs table): the 3.17 UI opens experiments on a traces overview."""
+    from rgsweep.analysis.export import get_client
+
+    return [(e.name, f"http://{host}:{port}/#/experiments/{e.experiment_id}/runs")
+            for e in get_client(uri).search_experiments()]
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    from rgsweep.analysis.export import AnalysisError, resolve_uri
+
+    try:
+        uri = resolve_uri(args.tracking_uri)
+        urls = runs_table_urls(uri, args.host, args.port)
+    except AnalysisError as e:
+        return _error("ui", e)
+    print(f"MLflow UI over {uri}")
+    for name, url in urls:
+        print(f"  {name}: {url}")
+    print("(Ctrl-C stops the server)", flush=True)
+    server = subprocess.Popen(server_command(uri, host=args.host, port=args.port), env=server_env())
+    try:
+        return server.wait()
+    except KeyboardInterrupt:
+        # A terminal's Ctrl-C reaches the server too, a `kill -INT` of ours does not: stop it either way
+        # (mlflow forwards SIGTERM to its uvicorn child and waits for it) before we return.
+        server.terminate()
+        try:
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+        return EXIT_OK
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("export", help="export trial runs to runs.parquet and history.parquet")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--experiment", metavar="NAME", help="every trial of this experiment (default: all)")
+    which.add_argument("--sweep", metavar="PARENT_RUN_ID", help="only the trials of this sweep parent run")
+    p.add_argument("--out", default="exports", metavar="DIR", help="output folder (default: exports/)")
+    p.add_argument("--csv", action="store_true", help="also write runs.csv and history.csv")
+    _tracking_arg(p)
+    p.set_defaults(func=cmd_export)
+
+    p = subparsers.add_parser("report", help="Markdown report with the paper's figures and tables")
+    p.add_argument("--experiment", required=True, metavar="NAME")
+    p.add_argument("--out", default="reports", metavar="DIR", help="output folder (default: reports/)")
+    p.add_argument("--no-log", action="store_true", help="do not log the report to the sweep's parent run")
+    _tracking_arg(p)
+    p.set_defaults(func=cmd_report)
+
+    p = subparsers.add_parser("notebooks", help="execute the analysis notebooks headless on an export")
+    p.add_argument("--export", default="exports", metavar="DIR", help="export folder (default: exports/)")
+    p.add_argument("--out", default="notebooks/executed", metavar="DIR",
+                   help="where executed copies go (default: notebooks/executed/)")
+    p.add_argument("--dir", default="notebooks", metavar="DIR", help="notebooks to run (default: notebooks/)")
+    p.set_defaults(func=cmd_notebooks)
+
+    p = subparsers.add_parser("ui", help="the MLflow UI over the tracking store")
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=5000, help="port (default: 5000)")
+    _tracking_arg(p)
+    p.set_defaults(func=cmd_ui)

@@ -1,0 +1,205 @@
+"""Grid sweeps on a real local Ray instance with a real SQLite MLflow store."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rgsweep import tracking
+from rgsweep.cli import main
+from rgsweep.config import ConfigError
+from rgsweep.sweep import expand, load_spec, run_sweep
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_sweep(tmp_path: Path, name: str, **spec) -> Path:
+    doc = {"name": name, "base": {"dataset": "synthetic", "arch": "mlp1x512", "epochs": 2, "lr": 0.05,
+                                  "device": "cpu", "fit_threshold": None}, **spec}
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def children(client, experiment: str) -> list:
+    exp = client.get_experiment_by_name(experiment)
+    return [] if exp is None else tracking.search_children(client, exp.experiment_id)
+
+
+def test_grid_gives_one_child_run_per_trial_with_params_and_parent(tmp_path, ray_session, client, tracking_uri):
+    path = write_sweep(tmp_path, "grid-basic", grid={"label_noise": [0.0, 0.5]}, seeds=[0, 1])
+    plan = expand(load_spec(path), path)
+    assert [t.name for t in plan.trials] == [
+        "mlp1x512-noise0.0-seed0", "mlp1x512-noise0.0-seed1", "mlp1x512-noise0.5-seed0", "mlp1x512-noise0.5-seed1"]
+    code, counts = run_sweep(plan, tracking_uri=tracking_uri, verbose=0)
+    assert code == 0 and counts["finished"] == 4
+    runs = children(client, "grid-basic")
+    assert len(runs) == 4
+    parent_ids = {r.data.tags["mlflow.parentRunId"] for r in runs}
+    assert len(parent_ids) == 1
+    parent = client.get_run(parent_ids.pop())
+    assert parent.data.tags["rgsweep.kind"] == "sweep" and parent.info.status == "FINISHED"
+    assert parent.data.metrics["n_finished"] == 4 and parent.data.metrics["n_failed"] == 0
+    assert "grid-basic.yaml" in [a.path for a in client.list_artifacts(parent.info.run_id)]
+    by_name = {r.info.run_name: r for r in runs}
+    assert set(by_name) == {t.name for t in plan.trials}
+    for t in plan.trials:
+        r = by_name[t.name]
+        assert r.info.status == "FINISHED"
+        assert r.data.params["label_noise"] == str(t.config.label_noise)
+        assert r.data.params["seed"] == str(t.config.seed)
+        assert r.data.tags["rgsweep.trial_key"] == t.key
+        assert len(client.get_metric_history(r.info.run_id, "test_acc")) == 2
+        assert "final_gen_gap" in r.data.metrics
+
+
+def test_failing_and_diverging_trials_are_failed_while_others_finish(tmp_path, ray_session, client, tracking_uri,
+                                                                      capsys):
+    path = write_sweep(
+        tmp_path, "grid-failures",
+        grid={"setting": [{"lr": 0.05}, {"lr": 0.01}, {"lr": 10.0, "momentum": 0.99, "arch": "mlp3x512",
+                                                        "preprocess": "none", "epochs": 20}]},
+    )
+    plan = expand(load_spec(path), path)
+    names = [t.name for t in plan.trials]
+    code, counts = run_sweep(plan, tracking_uri=tracking_uri, inject_failure={names[1]: 1}, verbose=0)
+    assert code == 1
+    assert counts == {"trials": 3, "finished": 1, "failed": 2, "killed": 0, "missing": 0}
+    runs = {r.info.run_name: r for r in children(client, "grid-failures")}
+    assert runs[names[0]].info.status == "FINISHED"
+    failed = runs[names[1]]
+    assert failed.info.status == "FAILED" and "injected failure" in failed.data.tags["rgsweep.error"]
+    diverged = runs[names[2]]
+    assert diverged.info.status == "FAILED" and diverged.data.tags["rgsweep.diverged"] == "true"
+    table = capsys.readouterr().out
+    assert "DIVERGED" in table and "FAILED" in table and "1 finished, 2 failed" in table
+
+
+@pytest.mark.parametrize(
+    ("doc", "needles"),
+    [
+        ({"grid": {"label_noise": [0.0, 1.5]}}, ["label_noise", "1.5", "less than or equal to 1"]),
+        ({"grid": {"arch": ["mlp1x512", "vgg"]}}, ["arch", "vgg", "allowed", "alexnet"]),
+        ({"grid": {"learning_rate": [0.1]}}, ["unknown grid key 'learning_rate'", "label_noise"]),
+        ({"gird": {"label_noise": [0.1]}}, ["unknown key 'gird'", "grid", "seeds"]),
+        ({"resources": {"cpus": 2}}, ["resources.cpus", "unknown key"]),
+        ({"base": {"dataset": "synthetic", "corruption": "blur"}}, ["corruption", "blur", "gaussian"]),
+    ],
+)
+def test_invalid_sweep_file_fails_before_ray_and_creates_no_run(doc, needles, tmp_path, client, tracking_uri,
+                                                                 capsys):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({"name": "bad-sweep", **doc}))
+    code = main(["sweep", str(path), "--tracking-uri", tracking_uri])
+    assert code == 2
+    err = capsys.readouterr().err
+    for needle in needles:
+        assert needle in err, (needle, err)
+    assert client.get_experiment_by_name("bad-sweep") is None
+
+
+def test_missing_dataset_fails_before_any_run(tmp_path, client, tracking_uri, capsys):
+    path = write_sweep(tmp_path, "no-data", grid={"label_noise": [0.0]})
+    code = main(["sweep", str(path), "--dataset", "cifar10", "--data-dir", str(tmp_path / "nothing"),
+                 "--tracking-uri", tracking_uri])
+    assert code == 2
+    assert "--download" in capsys.readouterr().err
+    assert client.get_experiment_by_name("no-data") is None
+
+
+def test_dry_run_lists_trials_and_count(tmp_path, capsys):
+    path = write_sweep(tmp_path, "dry", grid={"arch": ["mlp1x512", "cnn"], "label_noise": [0.0, 0.5, 1.0]})
+    assert main(["sweep", str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "6 trials" in out and "cnn-noise1.0-seed0" in out
+
+
+def _wait_for(predicate, timeout: float = 120.0) -> None:
+    """Poll the store (bounded) until the sweep has made progress."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.5)
+    raise AssertionError("timed out waiting for the sweep to make progress")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["sigint", "sigkill"])
+def test_killed_sweep_resumes_without_duplicates(sig, tmp_path, ray_session, client, tracking_uri):
+    name = f"resume-{sig.name.lower()}"
+    path = write_sweep(tmp_path, name, grid={"label_noise": [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]},
+                       max_concurrent=1)
+    spec = yaml.safe_load(path.read_text())
+    spec["base"]["epochs"] = 25
+    path.write_text(yaml.safe_dump(spec))
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "RAY_ADDRESS": ""}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rgsweep.cli", "sweep", str(path), "--num-cpus", "1"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,
+    )
+    try:
+        _wait_for(lambda: any(r.info.status == "FINISHED" for r in children(client, name)))
+        proc.send_signal(sig)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    runs = children(client, name)
+    finished_before = [r for r in runs if r.info.status == "FINISHED"]
+    assert 1 <= len(finished_before) < 6
+    if sig == signal.SIGINT:  # a clean stop: exit 130, nothing left RUNNING
+        assert proc.returncode == 130, out[-3000:]
+        assert not [r for r in runs if r.info.status == "RUNNING"]
+
+    plan = expand(load_spec(path), path)
+    code, counts = run_sweep(plan, tracking_uri=tracking_uri, resume=True, verbose=0)
+    assert code == 0, counts
+    runs = children(client, name)
+    finished = [r for r in runs if r.info.status == "FINISHED"]
+    keys = [r.data.tags["rgsweep.trial_key"] for r in finished]
+    assert sorted(keys) == sorted(t.key for t in plan.trials)  # exactly one FINISHED run per trial
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    # the finished runs from before the kill were kept, not rerun
+    assert {r.info.run_id for r in finished_before} <= {r.info.run_id for r in finished}
+    assert len({r.data.tags["mlflow.parentRunId"] for r in runs}) == 1  # resume continues the same parent
+
+
+def test_every_shipped_sweep_file_expands(capsys):
+    files = sorted((REPO / "sweeps").glob("*.yaml"))
+    sweep_files = [f for f in files if not f.name.startswith("tune-")]
+    assert sweep_files, "no sweep files shipped"
+    for f in sweep_files:
+        spec = load_spec(f)
+        plan = expand(spec, f)
+        assert plan.trials, f
+        smoke = expand(spec, f, smoke=True)
+        assert 0 < len(smoke.trials) <= len(plan.trials)
+
+
+def test_smoke_variant_of_every_sweep_file_runs(ray_session, client, tracking_uri, tmp_path):
+    """CI runs every shipped sweep file in its smoke form (tiny data, 1 epoch, extremes of each grid)."""
+    for f in sorted((REPO / "sweeps").glob("*.yaml")):
+        if f.name.startswith("tune-"):
+            continue
+        spec = load_spec(f)
+        spec.experiment = f"smoke-{spec.name}"
+        plan = expand(spec, f, overrides={"epochs": 1}, smoke=True)
+        code, counts = run_sweep(plan, tracking_uri=tracking_uri, verbose=0)
+        assert code == 0, (f.name, counts)
+        assert counts["finished"] == len(plan.trials)
+
+
+def test_expand_rejects_bad_trial_with_its_values(tmp_path):
+    path = write_sweep(tmp_path, "bad-trial", grid={"setting": [{"lr": 0.1}, {"lr": -1.0}]})
+    with pytest.raises(ConfigError) as e:
+        expand(load_spec(path), path)
+    assert "lr=-1.0" in str(e.value) and "greater than 0" in str(e.value)

@@ -1,0 +1,96 @@
+"""The MLflow server `rgsweep ui` starts (same command) serves a sweep's runs over its REST API."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+
+import pytest
+from mlflow_fixtures import shared_store
+
+from rgsweep.analysis.commands import server_command, server_env
+
+START_TIMEOUT_S = 60
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return shared_store(tmp_path_factory)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _post(url: str, body: dict) -> dict:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.load(response)
+
+
+@pytest.fixture(scope="module")
+def server(store, tmp_path_factory):
+    port = _free_port()
+    log = tmp_path_factory.mktemp("server") / "server.log"  # a file, not a pipe nobody drains
+    # Own session: the whole process group (mlflow's launcher and its uvicorn child) is ours to stop.
+    with log.open("w") as out:
+        proc = subprocess.Popen(server_command(store.uri, host="127.0.0.1", port=port), env=server_env(),
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:  # bounded poll of the health endpoint; the wait below also notices a crashed server
+            try:
+                with urllib.request.urlopen(f"{base}/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, f"mlflow server not up after {START_TIMEOUT_S}s"
+            try:
+                proc.wait(timeout=0.25)
+                pytest.fail(f"mlflow server exited with {proc.returncode}: {log.read_text()[-2000:]}")
+            except subprocess.TimeoutExpired:
+                pass
+        yield base
+    finally:
+        proc.terminate()  # mlflow forwards it to uvicorn and waits for it
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def test_server_lists_the_sweeps_runs_with_params_and_metrics(store, server):
+    found = _post(f"{server}/api/2.0/mlflow/runs/search", {
+        "experiment_ids": [store.experiment_id], "max_results": 100,
+        "filter": f"tags.mlflow.parentRunId = '{store.parent_id}'",
+    })["runs"]
+    assert {r["info"]["run_id"] for r in found} == set(store.children.values())
+    by_name = {r["info"]["run_name"]: r for r in found}
+    run = by_name["mlp1x512-noise0.5-seed1"]
+    params = {p["key"]: p["value"] for p in run["data"]["params"]}
+    metrics = {m["key"]: m["value"] for m in run["data"]["metrics"]}
+    assert params["label_noise"] == "0.5" and params["arch"] == "mlp1x512"
+    assert metrics["final_test_acc"] == pytest.approx(0.5) and metrics["epochs_to_fit"] == 4.0
+    assert by_name["cnn-noise0.5-seed0"]["info"]["status"] == "FAILED"
+
+
+def test_server_filters_by_gen_gap_and_serves_the_ui(store, server):
+    # What a user does in the UI's runs table: compare the trials by generalization gap.
+    found = _post(f"{server}/api/2.0/mlflow/runs/search", {
+        "experiment_ids": [store.experiment_id], "filter": "metrics.final_gen_gap > 0.8",
+        "order_by": ["metrics.final_gen_gap DESC"],
+    })["runs"]
+    assert [r["info"]["run_name"] for r in found] == ["mlp1x512-noise1.0-seed0", "cnn-noise1.0-seed0"]
+    with urllib.request.urlopen(f"{server}/", timeout=10) as response:
+        assert response.status == 200 and "<html" in response.read().decode().lower()
