@@ -362,17 +362,18 @@ class _Callback:
 
 # -- results table --------------------------------------------------------------------------------
 def results_table(plan: Plan, latest: dict[str, Any]) -> str:
-    cols = [k for k in plan.swept_keys]
+    cols = list(plan.swept_keys)
     header = ["run", *cols, "train_acc", "test_acc", "gen_gap", "epochs_to_fit", "status"]
     rows = []
+
+    def fmt(metrics: dict[str, float], k: str, spec: str = "{:.3f}") -> str:
+        v = metrics.get(k)
+        return spec.format(v) if v is not None and not (isinstance(v, float) and math.isnan(v)) else "-"
+
     for t in plan.trials:
         run = latest.get(t.key)
         m = run.data.metrics if run else {}
-
-        def f(k: str, fmt: str = "{:.3f}") -> str:
-            v = m.get(k)
-            return fmt.format(v) if v is not None and not (isinstance(v, float) and math.isnan(v)) else "-"
-
+        f = lambda k, spec="{:.3f}", m=m: fmt(m, k, spec)
         vals = [str(getattr(t.config, c)) if not isinstance(getattr(t.config, c), list)
                 else ("+".join(getattr(t.config, c)) or "none") for c in cols]
         diverged = run is not None and run.data.tags.get("rgsweep.diverged") == "true"

@@ -67,8 +67,9 @@ def test_train_from_yaml_config_with_flag_override(client, tracking_uri, tmp_pat
     ],
 )
 def test_bad_input_exits_2_with_clear_message_and_no_run(argv, needles, client, tracking_uri, capsys):
-    code = main(["train", *argv, "--experiment", "cli-bad", "--tracking-uri", tracking_uri, "--quiet"]) \
-        if "abc" not in argv else None
+    code = None
+    if "abc" not in argv:
+        code = main(["train", *argv, "--experiment", "cli-bad", "--tracking-uri", tracking_uri, "--quiet"])
     if code is None:  # argparse type errors exit through SystemExit
         with pytest.raises(SystemExit) as e:
             main(["train", *argv, "--experiment", "cli-bad", "--tracking-uri", tracking_uri])
@@ -90,7 +91,8 @@ def test_unknown_config_file_key_exits_2(tmp_path, capsys, client, tracking_uri)
 
 
 def test_diverging_run_is_failed_with_tag(client, tracking_uri):
-    code = main(["train", "--dataset", "synthetic", "--arch", "mlp3x512", "--epochs", "20", "--lr", "10", "--momentum", "0.99",
+    code = main(["train", "--dataset", "synthetic", "--arch", "mlp3x512", "--epochs", "20",
+                 "--lr", "10", "--momentum", "0.99",
                  "--preprocess", "none", "--no-fit-stop", "--device", "cpu", "--quiet",
                  "--experiment", "cli-diverge", "--tracking-uri", tracking_uri])
     assert code == 1
