@@ -40,3 +40,50 @@ test-fast: install ## the test suite without the slow end-to-end tests
 
 models: install ## list the models with their parameter counts
 	$(RGSWEEP) models --input-shape 3,28,28
+
+demo: install ## the offline demo: a real sweep on scikit-learn's digits (a few minutes on a laptop CPU)
+	$(RGSWEEP) sweep sweeps/demo.yaml $(DATA_ARGS) $(ARGS)
+	@echo ""
+	@echo "Next: make ui (MLflow UI on http://$(HOST):$(PORT)), make export report notebooks"
+
+sweep: install ## run any sweep file: make sweep SWEEP=sweeps/x.yaml ARGS="--resume"
+	$(RGSWEEP) sweep $(SWEEP) $(DATA_ARGS) $(ARGS)
+
+sweep-label-noise: install ## Fig. 1b/1c: label noise 0..1 on CIFAR-10 (inception, alexnet, mlp1x512)
+	$(RGSWEEP) sweep sweeps/label-noise.yaml $(DATA_ARGS) $(ARGS)
+
+sweep-pixels: install ## Fig. 1a: true/random labels, shuffled/random pixels, gaussian on CIFAR-10
+	$(RGSWEEP) sweep sweeps/pixels.yaml $(DATA_ARGS) $(ARGS)
+
+sweep-regularizers: install ## Table 1: crop x weight decay, dropout, augmentations on CIFAR-10
+	$(RGSWEEP) sweep sweeps/regularizers.yaml $(DATA_ARGS) $(ARGS)
+
+sweep-architectures: install ## every model, true vs random labels, on CIFAR-10
+	$(RGSWEEP) sweep sweeps/architectures.yaml $(DATA_ARGS) $(ARGS)
+
+sweep-mnist: install ## the MNIST track (Adam, label noise, random pixels)
+	$(RGSWEEP) sweep sweeps/mnist.yaml $(DATA_ARGS) $(ARGS)
+
+tune: install ## Optuna tunes the demo baseline (digits), writes sweeps/baselines/tune-demo.yaml
+	$(RGSWEEP) tune sweeps/tune-demo.yaml $(DATA_ARGS) $(ARGS)
+
+tune-paper: install ## Optuna per architecture on CIFAR-10 (inception, alexnet, mlp1x512)
+	for f in sweeps/tune-paper-*.yaml; do $(RGSWEEP) tune $$f $(DATA_ARGS) $(ARGS) || exit $$?; done
+
+export: install ## runs of EXPERIMENT (default demo) to exports/runs.parquet and history.parquet
+	$(RGSWEEP) export --experiment $(EXPERIMENT) --out exports
+
+report: install ## Markdown report with the paper's figures and tables under reports/
+	$(RGSWEEP) report --experiment $(EXPERIMENT) --out reports
+
+notebooks: install ## execute notebooks/ headless against exports/ (into notebooks/executed/)
+	$(RGSWEEP) notebooks --export exports --out notebooks/executed
+
+ui: install ## MLflow UI on http://$(HOST):$(PORT) over the default store
+	$(RGSWEEP) ui --host $(HOST) --port $(PORT)
+
+bench: install ## rgsweep's loop vs the standard torchvision pipeline; trial packing; sweep overhead
+	$(BIN)/python -m benchmarks.bench $(ARGS)
+
+clean: ## remove caches and build leftovers (keeps mlruns/ and .venv)
+	rm -rf .pytest_cache .ruff_cache exports reports notebooks/executed benchmarks/results

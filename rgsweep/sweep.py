@@ -422,10 +422,11 @@ def run_sweep(
         res = plan.spec.resources
         storage = storage_path or os.environ.get("RGSWEEP_STORAGE") or default_storage(tracker.uri)
         started = raytune.start_ray(ray_address, num_cpus=num_cpus)
+        resources = fit_resources({"cpu": res.cpu, "gpu": res.gpu}, raytune.cluster_resources())
         try:
             raytune.run_trials(
                 trainable, name=f"{plan.spec.name}-{time.strftime('%Y%m%d-%H%M%S')}",
-                storage_path=storage, resources={"cpu": res.cpu, "gpu": res.gpu},
+                storage_path=storage, resources=resources,
                 callbacks=[_Callback.make(tracker)], payloads=payloads,
                 max_concurrent=max_concurrent or plan.spec.max_concurrent, verbose=verbose,
             )
@@ -444,6 +445,18 @@ def run_sweep(
     if interrupted or counts["killed"] or counts["missing"]:
         return 130, counts
     return (1 if counts["failed"] else 0), counts
+
+
+def fit_resources(wanted: dict[str, float], cluster: dict[str, float]) -> dict[str, float]:
+    """Per-trial resources the cluster can actually grant: a sweep file written for GPU boxes
+    (gpu: 0.25) still runs on a laptop, on CPU, instead of waiting forever for a GPU."""
+    out = dict(wanted)
+    if out["gpu"] > 0 and cluster.get("GPU", 0) == 0:
+        print(f"no GPU in the Ray cluster: running trials on CPU (the sweep asked for gpu={out['gpu']})",
+              file=sys.stderr)
+        out["gpu"] = 0.0
+    out["cpu"] = min(out["cpu"], max(1.0, cluster.get("CPU", out["cpu"])))
+    return out
 
 
 def default_storage(uri: str) -> str:

@@ -1,0 +1,393 @@
+"""Trial packing: K trials of one architecture and input shape trained together in one process.
+
+Small trials (digits, an MLP) spend most of a step in Python and dispatch overhead, not arithmetic.
+Packing stacks the K models' parameters (`torch.func.stack_module_state`) and runs one vectorised step
+for all of them (`vmap` over `functional_call`): a [K, B, ...] batch, one backward, one optimiser update
+on [K, ...] tensors, one host sync per epoch for all K trials.
+
+Each trial stays its own experiment, with the same results as `train()` gives it alone (within float
+rounding of batched kernels): its data is prepared by `prepare_data` from its own config (own label
+noise and input corruption), its model is built after `torch.manual_seed(seed)` exactly as `train()`
+does, its own `torch.Generator(seed)` draws its batch order and augmentation in the same order, its own
+lr, momentum, weight decay and schedule apply (the schedule is a real torch scheduler on a one-number
+optimiser, so every schedule `train()` knows steps identically), and its own stop rules end it. A trial
+that stops (fitted, early-stopped, out of epochs, diverged, or its `report` raised) is removed from the
+pack, so the others go on without paying for it; its result is final.
+
+What may differ between packed trials (`PACKABLE_DIFFERENCES`): seeds, label noise, input corruption,
+augmentation, optimiser hyperparameters, schedule, epochs and stop rules. Everything else (dataset,
+architecture, batch size, optimiser type, ...) must be equal; `check_packable` says which keys are not.
+Dropout is refused: its masks come from the global RNG inside the forward, which `vmap` cannot give each
+trial in the order `train()` would draw them. BatchNorm works: running statistics are stacked buffers
+that the vmapped `batch_norm` updates in place, per trial.
+
+Timing: a packed epoch's wall time is shared; each trial's `epoch_time_s`, `train_time_s` and
+`optim_time_s` are its share (wall time / trials active in that epoch), so the trials' times sum to the
+wall time and `samples_per_s` is the throughput each trial effectively got.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.func import functional_call, stack_module_state, vmap
+
+from rgsweep.config import TrialConfig
+from rgsweep.data.augment import Augment
+from rgsweep.models import build_model, count_params
+from rgsweep.train import DivergedError, Report, TrialData, autocast_for, make_scheduler, prepare_data, \
+    resolve_device
+
+PACKABLE_DIFFERENCES = frozenset({
+    "seed", "label_noise", "corruption", "corrupt_fraction", "pixel_fraction", "corruption_seed", "augment",
+    "lr", "momentum", "weight_decay", "lr_schedule", "lr_decay", "lr_step", "epochs", "fit_threshold",
+    "early_stopping",
+})
+ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8  # torch.optim.Adam's defaults, which train() uses
+
+
+# -- which trials can share a pack ----------------------------------------------------------------
+def pack_signature(config: TrialConfig) -> tuple:
+    """Trials with equal signatures can be packed together (given equal data shapes)."""
+    d = config.model_dump()
+    return tuple((k, repr(d[k])) for k in sorted(d) if k not in PACKABLE_DIFFERENCES)
+
+
+def check_packable(configs: Sequence[TrialConfig]) -> None:
+    """Raise ValueError naming the keys that differ but cannot, or why the trials cannot be packed."""
+    if not configs:
+        raise ValueError("no trials to pack")
+    dumps = [c.model_dump() for c in configs]
+    differing = sorted(k for k in dumps[0] if k not in PACKABLE_DIFFERENCES
+                       and any(d[k] != dumps[0][k] for d in dumps[1:]))
+    if differing:
+        detail = "; ".join(f"{k}: {sorted({repr(d[k]) for d in dumps})}" for k in differing)
+        raise ValueError(f"cannot pack these trials: they differ in {', '.join(differing)} ({detail}); "
+                         f"packed trials may differ only in {', '.join(sorted(PACKABLE_DIFFERENCES))}")
+    if configs[0].dropout > 0:
+        raise ValueError("cannot pack trials with dropout > 0: its masks come from the global RNG inside the "
+                         "forward, which vmap cannot draw per trial as train() does; run them unpacked")
+
+
+def pack_groups(configs: Sequence[TrialConfig], size: int) -> list[list[int]]:
+    """Indices of `configs` in packs of at most `size` packable trials (input order kept within a pack).
+
+    Trials with dropout go alone (a pack of one is plain training).
+    """
+    if size < 1:
+        raise ValueError(f"pack size must be >= 1, got {size}")
+    groups: dict[tuple, list[int]] = {}
+    for i, c in enumerate(configs):
+        groups.setdefault(pack_signature(c) if c.dropout == 0 else ("alone", i), []).append(i)
+    return [g[j : j + size] for g in groups.values() for j in range(0, len(g), size)]
+
+
+# -- stacked data ---------------------------------------------------------------------------------
+class _Stack:
+    """Per-trial tensors [K, N, ...] stored once per distinct value: trials with the same inputs share them.
+
+    `rows[k]` says which stored tensor trial k uses; `take(idx)` gathers a [K, B, ...] batch.
+    """
+
+    def __init__(self, tensors: list[Tensor]):
+        uniques: list[Tensor] = []
+        rows = []
+        for t in tensors:
+            j = next((j for j, u in enumerate(uniques) if u.shape == t.shape and torch.equal(u, t)), None)
+            if j is None:
+                uniques.append(t)
+                j = len(uniques) - 1
+            rows.append(j)
+        self.data = torch.stack(uniques)  # [U, N, ...]
+        self.rows = torch.tensor(rows, device=self.data.device)
+        self.n = self.data.shape[1]
+
+    def take(self, idx: Tensor) -> Tensor:
+        """idx [K, B] sample indices per trial -> [K, B, ...]."""
+        return self.data[self.rows[:, None], idx]
+
+    def chunk(self, i: int, j: int) -> Tensor:
+        """Samples i:j of every trial -> [K, j-i, ...] (copies only the chunk)."""
+        return self.data[:, i:j].index_select(0, self.rows)
+
+    def keep(self, keep: Tensor) -> None:
+        self.rows = self.rows[keep]
+
+
+# -- the optimiser on stacked parameters ----------------------------------------------------------
+class _StackedOptimizer:
+    """torch.optim.SGD / Adam semantics (coupled weight decay) on [K, ...] parameters, per-trial hyperparameters.
+
+    Per-trial lr, momentum and weight decay are [K] tensors broadcast over each parameter; the first SGD
+    momentum step from a zero buffer equals torch's clone of the gradient.
+    """
+
+    def __init__(self, configs: list[TrialConfig], params: list[Tensor], device: torch.device):
+        self.adam = configs[0].optimizer == "adam"
+        self.params = params
+        self.momentum = torch.tensor([c.momentum for c in configs], device=device)
+        self.wd = torch.tensor([c.weight_decay for c in configs], device=device)
+        self.use_momentum = not self.adam and any(c.momentum > 0 for c in configs)
+        self.use_wd = any(c.weight_decay > 0 for c in configs)
+        self.state = [[torch.zeros_like(p) for p in params] for _ in range(2 if self.adam else 1)]
+        self.steps = 0
+
+    @staticmethod
+    def _view(v: Tensor, p: Tensor) -> Tensor:
+        return v.view(-1, *([1] * (p.dim() - 1)))
+
+    @torch.no_grad()
+    def step(self, lr: Tensor) -> None:
+        self.steps += 1
+        if self.adam:
+            b1, b2 = ADAM_BETAS
+            bc1, bc2 = 1 - b1**self.steps, 1 - b2**self.steps
+            for p, m, v in zip(self.params, *self.state):
+                g = p.grad if not self.use_wd else p.grad.add(p * self._view(self.wd, p))
+                m.lerp_(g, 1 - b1)
+                v.mul_(b2).addcmul_(g, g, value=1 - b2)
+                denom = (v.sqrt() / math.sqrt(bc2)).add_(ADAM_EPS)
+                p.sub_(m / denom * self._view(lr / bc1, p))
+            return
+        for p, buf in zip(self.params, self.state[0]):
+            g = p.grad if not self.use_wd else p.grad.add(p * self._view(self.wd, p))
+            if self.use_momentum:
+                g = buf.mul_(self._view(self.momentum, p)).add_(g)
+            p.sub_(g * self._view(lr, p))
+
+    def keep(self, keep: Tensor, params: list[Tensor]) -> None:
+        self.params = params
+        self.momentum, self.wd = self.momentum[keep], self.wd[keep]
+        self.state = [[s[keep] for s in group] for group in self.state]
+
+
+# -- the packed loop ------------------------------------------------------------------------------
+def _summary(num_params: int, device: torch.device, data: TrialData, k: int) -> dict[str, Any]:
+    return {
+        "epochs_to_fit": None, "steps_to_fit": None, "fitted": False, "best_test_acc": 0.0,
+        "num_params": num_params, "device": str(device), "dataset_fingerprint": data.fingerprint,
+        "torch_version": torch.__version__, "stop_reason": "max_epochs", "pack_size": k,
+    }
+
+
+def train_packed(
+    configs: list[TrialConfig],
+    reports: list[Report | None] | None = None,
+    *,
+    data: list[TrialData] | None = None,
+) -> list[dict[str, Any] | Exception]:
+    """Train `configs` together; `reports[k](metrics)` gets trial k's metrics once per epoch.
+
+    Returns, per trial, its summary (the keys of `train()`'s, plus `pack_size`) or the exception that
+    ended it: a `DivergedError` (holding the summary so far) or whatever its `report` raised.
+    Raises ValueError before any training when the trials cannot be packed.
+    """
+    check_packable(configs)
+    k_all = len(configs)
+    reports = list(reports) if reports is not None else [None] * k_all
+    if len(reports) != k_all:
+        raise ValueError(f"{k_all} configs but {len(reports)} report callbacks")
+    device = resolve_device(configs[0].device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    datas = data if data is not None else [prepare_data(c, device) for c in configs]
+    shapes = {(tuple(d.x_train.shape), d.num_classes, tuple(d.x_test.shape),
+               None if d.x_val is None else tuple(d.x_val.shape)) for d in datas}
+    if len(shapes) > 1:
+        raise ValueError(f"cannot pack these trials: their data shapes differ: {sorted(map(str, shapes))}")
+    d0 = datas[0]
+    c0 = configs[0]
+
+    # Models exactly as train() builds them, then stacked into [K, ...] parameters and buffers.
+    models = []
+    for c in configs:
+        torch.manual_seed(c.seed)
+        models.append(build_model(c.arch, d0.input_shape, d0.num_classes, dropout=c.dropout,
+                                  batch_norm=c.batch_norm, width=c.width, depth=c.depth).to(device))
+    num_params = count_params(models[0])
+    base = copy.deepcopy(models[0]).to("meta")
+    p_stack, b_stack = stack_module_state(models)
+    del models
+    names = list(p_stack)
+    params = [p_stack[n] for n in names]
+    buffers = b_stack
+
+    def forward(params_: list[Tensor], buffers_: dict[str, Tensor], x: Tensor) -> Tensor:
+        def one(p: tuple[Tensor, ...], b: dict[str, Tensor], xb: Tensor) -> Tensor:
+            return functional_call(base, ({**dict(zip(names, p)), **b}), (xb,))
+
+        return vmap(one)(tuple(params_), buffers_, x)
+
+    opt = _StackedOptimizer(configs, params, device)
+    # One-number optimisers carry each trial's schedule: the same torch schedulers train() uses.
+    lr_opts = [torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=c.lr) for c in configs]
+    scheds = [make_scheduler(c, o) for c, o in zip(configs, lr_opts)]
+    augments = [Augment(c.augment) for c in configs]
+    gens = [torch.Generator(device=device).manual_seed(c.seed) for c in configs]
+
+    x_train = _Stack([d.x_train for d in datas])
+    x_test = _Stack([d.x_test for d in datas])
+    x_val = _Stack([d.x_val for d in datas]) if d0.x_val is not None else None
+    y_train = torch.stack([d.y_train for d in datas])  # [K, N]
+    noisy_f = torch.stack([d.noisy for d in datas]).float()
+    y_val = torch.stack([d.y_val for d in datas]) if d0.y_val is not None else None
+    y_test = d0.y_test  # never corrupted: the same for every trial
+    n_noisy = [int(d.noisy.sum()) for d in datas]  # host reads once, before the loop
+    del datas
+
+    n, bs = x_train.n, c0.batch_size
+    starts = [i for i in range(0, n, bs) if n - i > 1 or i == 0]
+    steps_per_epoch = len(starts)
+    samples_per_epoch = sum(min(bs, n - i) for i in starts)
+    eb = max(64, c0.eval_batch_size // k_all)
+
+    active = list(range(k_all))  # original index of each row of the stacked tensors
+    results: list[dict[str, Any] | Exception | None] = [None] * k_all
+    summaries = [_summary(num_params, device, d0, k_all) for _ in range(k_all)]
+    times = [[0.0, 0.0, 0] for _ in range(k_all)]  # train time share, optim time share, samples
+    best_val = [-1.0] * k_all
+    since_best = [0] * k_all
+    augmenting = any(a.names for a in augments)
+
+    epoch = 0
+    while active:
+        epoch += 1
+        k = len(active)
+        t0 = time.perf_counter()
+        base.train()
+        lrs = [lr_opts[i].param_groups[0]["lr"] for i in active]
+        lr_t = torch.tensor(lrs, device=device)
+        perm = torch.stack([torch.randperm(n, device=device, generator=gens[i]) for i in active])
+        loss_sum = torch.zeros(k, device=device)
+        for s in starts:
+            idx = perm[:, s : s + bs]  # [K, B]
+            xb = x_train.take(idx)
+            if augmenting:  # each trial's own pipeline and generator, in train()'s order
+                xb = torch.stack([augments[i](xb[j], gens[i]) for j, i in enumerate(active)])
+            yb = y_train.gather(1, idx)
+            with autocast_for(device):
+                out = forward(params, buffers, xb).float()
+            losses = F.cross_entropy(out.flatten(0, 1), yb.flatten(), reduction="none").view(k, -1).mean(1)
+            for p in params:
+                p.grad = None
+            losses.sum().backward()  # trials are independent: d(sum)/d(params_k) = d(loss_k)/d(params_k)
+            opt.step(lr_t)
+            loss_sum += losses.detach() * idx.shape[1]
+        t_optim = time.perf_counter() - t0
+
+        base.eval()
+        tr_loss, tr_ok = _evaluate(forward, params, buffers, x_train, y_train, eb)
+        te_loss, te_ok = _evaluate(forward, params, buffers, x_test, y_test.expand(k, -1), eb)
+        tr_okf = tr_ok.float()
+        cols = [loss_sum / n, tr_okf.mean(1), (tr_okf * noisy_f).sum(1), te_loss / len(y_test),
+                te_ok.float().mean(1)]
+        if x_val is not None and y_val is not None:
+            va_loss, va_ok = _evaluate(forward, params, buffers, x_val, y_val, eb)
+            cols += [va_loss / y_val.shape[1], va_ok.float().mean(1)]
+        host = torch.stack(cols, 1).tolist()  # the epoch's one host sync, for all K trials
+        wall = time.perf_counter() - t0
+
+        stopped = []
+        for j, i in enumerate(active):
+            c, summary, row = configs[i], summaries[i], host[j]
+            train_loss, train_acc, noisy_ok, test_loss, test_acc = row[:5]
+            times[i][0] += wall / k
+            times[i][1] += t_optim / k
+            times[i][2] += samples_per_epoch
+            m: dict[str, Any] = {
+                "epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss,
+                "test_acc": test_acc, "gen_gap": train_acc - test_acc, "lr": lrs[j], "epoch_time_s": wall / k,
+                "steps": epoch * steps_per_epoch,
+            }
+            if n_noisy[i] > 0:
+                m["train_acc_noisy"] = noisy_ok / n_noisy[i]
+            if n_noisy[i] < n:
+                m["train_acc_clean"] = (train_acc * n - noisy_ok) / (n - n_noisy[i])
+            if x_val is not None:
+                m["val_loss"], m["val_acc"] = row[5], row[6]
+            summary["best_test_acc"] = max(summary["best_test_acc"], test_acc)
+            summary.update(
+                final_train_acc=train_acc, final_test_acc=test_acc, final_gen_gap=train_acc - test_acc,
+                final_train_loss=train_loss, epochs_run=epoch, train_time_s=times[i][0],
+                samples_per_s=times[i][2] / times[i][0], optim_time_s=times[i][1], samples_trained=times[i][2],
+                last_epoch=m,
+            )
+            result = _step_trial(c, m, summary, reports[i], epoch, steps_per_epoch, best_val, since_best, i)
+            if result is None and scheds[i] is not None:
+                lr_opts[i].step()  # a no-op (no gradient) that keeps the scheduler's call-order check quiet
+                if isinstance(scheds[i], torch.optim.lr_scheduler.ReduceLROnPlateau):
+                    scheds[i].step(-m["val_acc"] if "val_acc" in m else train_loss)
+                else:
+                    scheds[i].step()
+            if result is not None:
+                results[i] = result
+                stopped.append(j)
+
+        if stopped:  # drop finished trials from every stacked tensor; the rest go on unchanged
+            keep_rows = [j for j in range(k) if j not in stopped]
+            active = [active[j] for j in keep_rows]
+            if not active:
+                break
+            keep = torch.tensor(keep_rows, device=device)
+            params = [p.detach()[keep].requires_grad_() for p in params]
+            buffers = {name: b[keep] for name, b in buffers.items()}
+            opt.keep(keep, params)
+            for st in (x_train, x_test, x_val):
+                if st is not None:
+                    st.keep(keep)
+            y_train, noisy_f = y_train[keep], noisy_f[keep]
+            if y_val is not None:
+                y_val = y_val[keep]
+    return results  # type: ignore[return-value]
+
+
+def _step_trial(c: TrialConfig, m: dict[str, Any], summary: dict[str, Any], report: Report | None, epoch: int,
+                steps_per_epoch: int, best_val: list[float], since_best: list[int],
+                i: int) -> dict[str, Any] | Exception | None:
+    """Report one trial's epoch and apply its stop rules as train() does; its final result, or None to go on."""
+    if report is not None:
+        try:
+            report(m)
+        except Exception as e:  # the callback stopped this trial (train() would raise it)
+            return e
+    if not math.isfinite(m["train_loss"]):
+        summary["stop_reason"] = "diverged"
+        return DivergedError(epoch, summary)
+    if c.fit_threshold is not None and m["train_acc"] >= c.fit_threshold:
+        summary.update(epochs_to_fit=epoch, steps_to_fit=epoch * steps_per_epoch, fitted=True,
+                       stop_reason="fitted")
+        return summary
+    if c.early_stopping is not None and "val_acc" in m:
+        if m["val_acc"] > best_val[i]:
+            best_val[i], since_best[i] = m["val_acc"], 0
+        else:
+            since_best[i] += 1
+            if since_best[i] >= c.early_stopping:
+                summary["stop_reason"] = "early_stopping"
+                return summary
+    if epoch >= c.epochs:
+        return summary
+    return None
+
+
+def _evaluate(forward: Callable, params: list[Tensor], buffers: dict[str, Tensor], x: _Stack, y: Tensor,
+              batch_size: int) -> tuple[Tensor, Tensor]:
+    """Per-trial summed loss [K] and correctness [K, N] in eval mode; no host sync."""
+    k, n = y.shape
+    loss = torch.zeros(k, device=y.device)
+    correct = torch.empty(k, n, dtype=torch.bool, device=y.device)
+    with torch.inference_mode(), autocast_for(y.device):
+        for i in range(0, n, batch_size):
+            out = forward(params, buffers, x.chunk(i, i + batch_size)).float()  # [K, b, classes]
+            yb = y[:, i : i + batch_size]
+            loss += F.cross_entropy(out.flatten(0, 1), yb.flatten(), reduction="none").view(k, -1).sum(1)
+            correct[:, i : i + batch_size] = out.argmax(-1) == yb
+    return loss, correct
