@@ -105,6 +105,16 @@ def run_trials(
 ) -> tuple[int, int, int]:
     """Run trials on Ray Tune; returns (terminated, errored, other) counts. Never raises for a failed
     trial (failures are recorded by the callback); a SIGINT makes Tune stop the trials and return."""
+    # Ray's classic reporter: a compact table every 30 s with the epoch metrics that matter, instead
+    # of the new engine's per-trial boxes (which bury the table on sweeps of hundreds of trials).
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    reporter = tune.CLIReporter(
+        parameter_columns=["trial"],
+        metric_columns={"epoch": "epoch", "train_acc": "train", "test_acc": "test", "val_acc": "val"},
+        max_report_frequency=30,
+        max_column_length=48,
+        sort_by_metric=False,
+    )
     if payloads is not None:
         # Ray's table shows the readable names; the payloads travel once, in the object store.
         param_space = {"trial": tune.grid_search(list(payloads))}
@@ -123,6 +133,7 @@ def run_trials(
             callbacks=callbacks,
             failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
             verbose=verbose,
+            progress_reporter=reporter if verbose else None,
         ),
     )
     grid = tuner.fit()

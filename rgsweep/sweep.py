@@ -178,7 +178,8 @@ def expand(
 
 # -- the trainable (runs on a Ray worker) ---------------------------------------------------------
 def trainable(config: dict[str, Any], payloads: dict[str, dict[str, Any]]) -> None:
-    """Thin Ray adapter around `train`: reads the payload, sets threads, reports each epoch."""
+    """Thin Ray adapter around `train` (or `train_packed` for a pack of trials): reads the payload,
+    sets threads, reports each epoch tagged with the member it belongs to, then each summary."""
     import torch
 
     from rgsweep import raytune
@@ -187,21 +188,38 @@ def trainable(config: dict[str, Any], payloads: dict[str, dict[str, Any]]) -> No
     payload = payloads[config["trial"]]
     cpus = raytune.trial_resources().get("CPU", 1) or 1
     torch.set_num_threads(max(1, int(cpus)))
-    cfg = TrialConfig(**payload["config"])
-    fail_at = payload.get("inject_failure")  # fault injection (tests): raise at this epoch
+    members = payload["members"]
 
-    def report(metrics: dict[str, Any]) -> None:
-        if fail_at is not None and metrics["epoch"] >= fail_at:
-            raise RuntimeError(f"injected failure at epoch {metrics['epoch']}")
-        raytune.report(metrics)
+    def reporter(name: str, fail_at: int | None):
+        def report(metrics: dict[str, Any]) -> None:
+            if fail_at is not None and metrics["epoch"] >= fail_at:  # fault injection (tests)
+                raise RuntimeError(f"injected failure at epoch {metrics['epoch']}")
+            raytune.report({**metrics, "member": name})
 
-    try:
-        summary = train(cfg, report)
-        status = "finished"
-    except DivergedError as e:
-        summary, status = e.summary, "diverged"
-    summary.pop("last_epoch", None)
-    raytune.report({SUMMARY_KEY: json.dumps({"status": status, **summary}, default=str)})
+        return report
+
+    configs = [TrialConfig(**m["config"]) for m in members]
+    reports = [reporter(m["name"], m.get("inject_failure")) for m in members]
+    if len(members) == 1:
+        try:
+            results: list[Any] = [train(configs[0], reports[0])]
+        except DivergedError as e:
+            results = [e]
+    else:
+        from rgsweep.packed import train_packed
+
+        results = train_packed(configs, reports)
+    for m, res in zip(members, results):
+        if isinstance(res, DivergedError):
+            summary, status = res.summary, "diverged"
+        elif isinstance(res, BaseException):
+            raise res
+        else:
+            summary, status = res, "finished"
+        last = summary.pop("last_epoch", None) or {}
+        # The last epoch's numbers ride along so Ray's table shows them for finished trials too.
+        raytune.report({**last, "member": m["name"],
+                        SUMMARY_KEY: json.dumps({"status": status, **summary}, default=str)})
 
 
 # -- MLflow from the driver -----------------------------------------------------------------------
@@ -216,7 +234,7 @@ class SweepTracker:
         self.parent: tracking.RunTracker | None = None
         self.done: dict[str, Any] = {}  # trial key -> FINISHED run (skipped on resume)
         self.failed_before: dict[str, Any] = {}
-        self.runs: dict[str, tracking.RunTracker] = {}  # ray trial id -> open child run
+        self.runs: dict[str, dict[str, tracking.RunTracker]] = {}  # ray trial id -> trial name -> open run
         self.by_payload: dict[str, Trial] = {t.key: t for t in plan.trials}
         self.by_name: dict[str, Trial] = {t.name: t for t in plan.trials}
         self.resume = resume
@@ -264,43 +282,45 @@ class SweepTracker:
             self.parent.log_artifact(self.plan.path)
         return todo
 
-    # Ray callback hooks (called in the driver)
+    # Ray callback hooks (called in the driver). A Ray trial carries one trial, or a pack of them.
     def trial_started(self, ray_id: str, payload: dict[str, Any]) -> None:
-        trial = self.by_name[payload["trial"]]
-        tags = tracking.trial_tags(trial.config, sweep=self.plan.spec.name)
-        tags["rgsweep.ray_trial_id"] = ray_id
-        self.runs[ray_id] = tracking.RunTracker.start(
-            self.client, self.exp_id, trial.name, params=trial.config.flat_params(), tags=tags,
-            parent_run_id=self.parent.run_id,
-        )
+        runs = {}
+        for name in payload["trial"].split(PACK_SEP):
+            trial = self.by_name[name]
+            tags = tracking.trial_tags(trial.config, sweep=self.plan.spec.name)
+            tags["rgsweep.ray_trial_id"] = ray_id
+            runs[name] = tracking.RunTracker.start(
+                self.client, self.exp_id, trial.name, params=trial.config.flat_params(), tags=tags,
+                parent_run_id=self.parent.run_id,
+            )
+        self.runs[ray_id] = runs
 
     def trial_result(self, ray_id: str, result: dict[str, Any]) -> None:
-        run = self.runs.get(ray_id)
+        run = self.runs.get(ray_id, {}).get(result.get("member", ""))
         if run is None:
             return
         if SUMMARY_KEY in result:
             summary = json.loads(result[SUMMARY_KEY])
             status = summary.pop("status")
             tracking.finish_trial(run, summary, diverged=status == "diverged")
-            del self.runs[ray_id]
+            del self.runs[ray_id][result["member"]]
         elif "epoch" in result:
             run.log_epoch({k: result[k] for k in result if k in _EPOCH_KEYS})
 
     def trial_errored(self, ray_id: str, error: str) -> None:
-        run = self.runs.pop(ray_id, None)
-        if run is not None:
+        for run in self.runs.pop(ray_id, {}).values():
             run.log_learning_curve()
             run.fail(error)
 
     def trial_completed(self, ray_id: str) -> None:
-        run = self.runs.pop(ray_id, None)
-        if run is not None:  # completed without a summary: stopped by a scheduler or interrupted
+        for run in self.runs.pop(ray_id, {}).values():  # no summary: stopped by a scheduler or interrupted
             run.log_learning_curve()
             run.finish("KILLED")
 
     def close(self, interrupted: bool) -> dict[str, int]:
-        for run in self.runs.values():  # still open: the sweep was interrupted
-            run.finish("KILLED")
+        for runs in self.runs.values():  # still open: the sweep was interrupted
+            for run in runs.values():
+                run.finish("KILLED")
         self.runs.clear()
         counts = self.counts()
         self.parent.log_metrics({f"n_{k}": v for k, v in counts.items()})
@@ -413,12 +433,7 @@ def run_sweep(
           f"(parent run {tracker.parent.run_id}, experiment {plan.experiment!r})", flush=True)
     interrupted = False
     if todo:
-        payloads: dict[str, dict[str, Any]] = {}
-        for t in todo:
-            p: dict[str, Any] = {"config": t.config.model_dump(), "key": t.key}
-            if inject_failure and t.name in inject_failure:
-                p["inject_failure"] = inject_failure[t.name]
-            payloads[t.name] = p
+        payloads = make_payloads(todo, plan.spec.pack, inject_failure)
         res = plan.spec.resources
         storage = storage_path or os.environ.get("RGSWEEP_STORAGE") or default_storage(tracker.uri)
         started = raytune.start_ray(ray_address, num_cpus=num_cpus)
@@ -445,6 +460,31 @@ def run_sweep(
     if interrupted or counts["killed"] or counts["missing"]:
         return 130, counts
     return (1 if counts["failed"] else 0), counts
+
+
+PACK_SEP = "|"  # a packed Ray trial is named by its members' names joined with this
+
+
+def make_payloads(
+    todo: list[Trial], pack: int, inject_failure: dict[str, int] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """One payload per Ray trial: a single trial, or (pack > 1) a pack of compatible trials."""
+    groups = [[i] for i in range(len(todo))]
+    if pack > 1:
+        from rgsweep.packed import pack_groups
+
+        groups = pack_groups([t.config for t in todo], pack)
+    payloads: dict[str, dict[str, Any]] = {}
+    for group in groups:
+        members = []
+        for i in group:
+            t = todo[i]
+            m: dict[str, Any] = {"config": t.config.model_dump(), "key": t.key, "name": t.name}
+            if inject_failure and t.name in inject_failure:
+                m["inject_failure"] = inject_failure[t.name]
+            members.append(m)
+        payloads[PACK_SEP.join(m["name"] for m in members)] = {"members": members}
+    return payloads
 
 
 def fit_resources(wanted: dict[str, float], cluster: dict[str, float]) -> dict[str, float]:
