@@ -528,10 +528,15 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         overrides["download"] = True
     plan = expand(spec, path, overrides, smoke=args.smoke)
     if args.cpus_per_trial or args.gpus_per_trial is not None:
-        plan.spec.resources = Resources(
-            cpu=args.cpus_per_trial or plan.spec.resources.cpu,
-            gpu=plan.spec.resources.gpu if args.gpus_per_trial is None else args.gpus_per_trial,
-        )
+        try:
+            plan.spec.resources = Resources(
+                cpu=args.cpus_per_trial or plan.spec.resources.cpu,
+                gpu=plan.spec.resources.gpu if args.gpus_per_trial is None else args.gpus_per_trial,
+            )
+        except ValidationError as e:
+            raise ConfigError(f"--cpus-per-trial/--gpus-per-trial: {e.errors()[0]['msg']}") from None
+    if args.max_concurrent is not None and args.max_concurrent < 1:
+        raise ConfigError(f"--max-concurrent must be >= 1, got {args.max_concurrent}")
     if args.dry_run:
         for t in plan.trials:
             print(f"{t.name:<48} {t.key}  " + " ".join(f"{k}={_fmt_value(v)}" for k, v in t.swept.items()))

@@ -123,10 +123,14 @@ def prepare_data(config: TrialConfig, device: torch.device) -> TrialData:
 
 
 # -- optimisation ---------------------------------------------------------------------------------
-def make_optimizer(config: TrialConfig, params) -> torch.optim.Optimizer:
+def make_optimizer(config: TrialConfig, params, device: torch.device | None = None) -> torch.optim.Optimizer:
+    """SGD (momentum) or Adam; the fused kernels on CPU and CUDA: one pass over each parameter per step
+    instead of three or four (about 10% of an MLP step on the CPU), same update rule."""
+    fused = {"fused": True} if device is not None and device.type in ("cpu", "cuda") else {}
     if config.optimizer == "adam":
-        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
-    return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay, **fused)
+    return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
+                           **fused)
 
 
 def make_scheduler(config: TrialConfig, opt: torch.optim.Optimizer):
@@ -227,10 +231,12 @@ def train(
         config.arch, data.input_shape, data.num_classes, dropout=config.dropout,
         batch_norm=config.batch_norm, width=config.width, depth=config.depth,
     ).to(device)
-    channels_last = device.type == "cuda" and is_convnet(config.arch)
+    # channels_last suits oneDNN on the CPU as well as cuDNN: 1.2-1.3x per step for alexnet, cnn,
+    # inception and wrn on this 2-core Xeon (1.02x for resnet18), measured in benchmarks/.
+    channels_last = device.type in ("cpu", "cuda") and is_convnet(config.arch)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    opt = make_optimizer(config, model.parameters())
+    opt = make_optimizer(config, model.parameters(), device)
     sched = make_scheduler(config, opt)
     augment = Augment(config.augment)
     gen = torch.Generator(device=device).manual_seed(config.seed)
