@@ -4,6 +4,7 @@ when it moves again, only this file changes.
 - `start_ray(address)`: join a cluster (`RAY_ADDRESS` or `--ray-address`) or start a local instance.
 - `run_trials(...)`: a `tune.Tuner` over a list of trial payloads (grid) or a search algorithm (Optuna),
   with per-trial resources, a storage path, and our MLflow callback.
+- `OptunaSearcher`, `asha(...)`: Optuna's sampler and ASHA pruning for per-epoch trials (tune.py).
 - `report(metrics)`: what a trainable calls once per epoch.
 - `TrackingCallback`: a `tune.Callback` base whose hooks receive plain ids and dicts, so the MLflow
   logic (sweep.py, tune.py) never touches Ray's Trial objects.
@@ -12,14 +13,18 @@ when it moves again, only this file changes.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import optuna
 import ray
 from ray import tune
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search.optuna import OptunaSearch
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +107,8 @@ def run_trials(
     metric: str | None = None,
     mode: str | None = None,
     verbose: int = 1,
+    parameters: dict[str, Any] | None = None,
+    parameter_columns: list[str] | None = None,
 ) -> tuple[int, int, int]:
     """Run trials on Ray Tune; returns (terminated, errored, other) counts. Never raises for a failed
     trial (failures are recorded by the callback); a SIGINT makes Tune stop the trials and return."""
@@ -109,7 +116,7 @@ def run_trials(
     # of the new engine's per-trial boxes (which bury the table on sweeps of hundreds of trials).
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
     reporter = tune.CLIReporter(
-        parameter_columns=["trial"],
+        parameter_columns=parameter_columns or ["trial"],
         metric_columns={"epoch": "epoch", "train_acc": "train", "test_acc": "test", "val_acc": "val"},
         max_report_frequency=30,
         max_column_length=48,
@@ -119,6 +126,8 @@ def run_trials(
         # Ray's table shows the readable names; the payloads travel once, in the object store.
         param_space = {"trial": tune.grid_search(list(payloads))}
         trainable = tune.with_parameters(trainable, payloads=payloads)
+    elif parameters:
+        trainable = tune.with_parameters(trainable, **parameters)
     tuner = tune.Tuner(
         tune.with_resources(trainable, resources),
         param_space=param_space or {},
@@ -155,3 +164,72 @@ def trial_resources() -> dict[str, float]:
         return dict(res.required_resources)
     except Exception:
         return {}
+
+
+# -- Optuna on Ray Tune ---------------------------------------------------------------------------
+class OptunaSearcher(OptunaSearch):
+    """Ray's OptunaSearch for trials that report once per epoch and end with a summary result.
+
+    Three changes to the stock searcher (which already creates the study with `load_if_exists=True`,
+    so a second run with the same storage and study name adds trials to the same study):
+    - intermediate values are reported at step `result[step_key]` (the epoch, as MLflow's steps), not at
+      Ray's `training_iteration`, and the summary result (`final_key`) is not an epoch;
+    - a trial that completes without its summary result was stopped by the scheduler: it is told to
+      Optuna as PRUNED, with the value of the epoch it was stopped at as its last intermediate value
+      (Tune does not pass that result to `on_trial_result`). The stock searcher tells it COMPLETE with
+      that early value, which TPE would then take for a full-budget result;
+    - a summary with `failed_key` set (a diverged trial), or an errored trial, is FAIL.
+    Its attributes are plain values, so Tune can pickle it into its experiment state.
+    """
+
+    def __init__(self, *args: Any, step_key: str = "epoch", final_key: str, failed_key: str, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._step_key = step_key
+        self._final_key = final_key
+        self._failed_key = failed_key
+        self._last_step: dict[str, int] = {}  # Ray trial id -> last step reported to Optuna
+
+    def trial_number(self, trial_id: str) -> int | None:
+        """Optuna's trial number for a Ray trial (known from the moment the trial is suggested)."""
+        t = self._ot_trials.get(trial_id)
+        return None if t is None else t.number
+
+    def _report(self, trial_id: str, result: dict[str, Any]) -> None:
+        value, step = result.get(self.metric), result.get(self._step_key)
+        if value is None or step is None or self._last_step.get(trial_id) == int(step):
+            return
+        self._ot_trials[trial_id].report(float(value), int(step))
+        self._last_step[trial_id] = int(step)
+
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        if trial_id in self._completed_trials or self._final_key in result:
+            return
+        self._report(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        result = result or {}
+        value = result.get(self.metric)
+        state = optuna.trial.TrialState.COMPLETE
+        if error or result.get(self._failed_key) or (
+            self._final_key in result and (value is None or not math.isfinite(value))
+        ):
+            state, value = optuna.trial.TrialState.FAIL, None
+        elif self._final_key not in result:
+            if result:
+                self._report(trial_id, result)
+            state, value = optuna.trial.TrialState.PRUNED, None
+        self._ot_study.tell(self._ot_trials[trial_id], value, state=state)
+        self._completed_trials.add(trial_id)
+
+
+def asha(metric: str, mode: str, epochs: int, grace_period: int, reduction_factor: float,
+         time_attr: str = "epoch") -> ASHAScheduler:
+    """ASHA on per-epoch results. Its rungs lie strictly before the last epoch (max_t = epochs - 1) and it
+    never stops a trial for reaching max_t: a trial that gets to its last epoch ends by itself and sends
+    its summary, so every stop ASHA makes is a real prune."""
+    return ASHAScheduler(
+        time_attr=time_attr, metric=metric, mode=mode, max_t=max(1, epochs - 1), grace_period=grace_period,
+        reduction_factor=reduction_factor, stop_last_trials=False,
+    )

@@ -1,0 +1,723 @@
+"""Optuna tunes the baseline (nuisance) hyperparameters; every trial runs on Ray Tune and is an MLflow run.
+
+Tuning file (sweeps/tune-*.yaml):
+
+    name: tune-demo                 # the Optuna study's name; also the default MLflow experiment
+    experiment: tune-demo           # optional
+    base: {dataset: digits, arch: mlp1x512, epochs: 40, val_fraction: 0.2}   # a TrialConfig
+    space:                          # TrialConfig keys -> distributions
+      lr: {type: float, low: 1.0e-3, high: 0.3, log: true}
+      momentum: {type: float, low: 0.5, high: 0.99}
+      lr_step: {type: int, low: 5, high: 50, step: 5}
+      batch_size: {type: categorical, choices: [32, 64, 128, 256]}
+    objective: {metric: val_acc, mode: max}     # val_acc | val_loss; never a test metric
+    n_trials: 16                    # trials per invocation (--resume adds this many more)
+    max_concurrent: 2
+    resources: {cpu: 1, gpu: 0}     # per trial, as in sweep files
+    pruning: {enabled: true, grace_period: 5, reduction_factor: 3}   # ASHA on per-epoch val_acc
+    seed: 0                         # the TPE sampler's seed
+    startup_trials: 10              # random trials before TPE models the results
+    smoke: {epochs: 2, n_trials: 2} # --smoke: tiny variant (TrialConfig keys, plus n_trials)
+
+The objective is measured on a validation split held out from the *clean* training set
+(`val_fraction`, 0.1 when the base does not set it); the test set never reaches Optuna or ASHA.
+Test metrics are still logged to MLflow, where they belong to the analysis, not to the search.
+
+How a study runs: Optuna's TPE sampler (seeded) proposes trials through Ray Tune's OptunaSearch;
+ASHA stops trials whose per-epoch `val_acc` falls behind at its rungs (grace_period, grace_period *
+reduction_factor, ... epochs). The study lives in an Optuna RDB storage beside the MLflow store
+(`mlruns/optuna.db` by default, `--storage` to change), so `--resume` adds trials to the same study
+and `optuna-dashboard sqlite:///.../mlruns/optuna.db` opens it. A second run without `--resume` is
+refused (exit 2) rather than mixing two searches; `--restart` deletes the study and starts over (its
+MLflow runs stay). `--smoke` uses its own throwaway study, `<name>-smoke`.
+
+MLflow (every write in this driver process, as for grid sweeps):
+- a parent run per study (tags rgsweep.kind=tune, rgsweep.sweep=<name>, optuna.study, optuna.storage;
+  params: the search space, objective, pruning and sampler settings; the tuning file as an artifact);
+  at the end metrics best_value, n_trials, n_complete, n_pruned, n_failed (over the whole study, step =
+  its trial count), tags `best.<key>` and the artifact best_params.yaml. `--resume` reopens it.
+- a child run per Optuna trial (tags rgsweep.kind=trial like grid trials, optuna.trial_number,
+  optuna.state = complete | pruned | failed; params: the full TrialConfig; per-epoch metrics).
+  A trial pruned by ASHA is a normal outcome of the search, so its run ends FINISHED with
+  optuna.state=pruned and rgsweep.stop_reason=pruned (KILLED is kept for interrupted trials);
+  a diverged or crashed trial is FAILED with optuna.state=failed. No run is left RUNNING.
+
+Hand-off: the best trial's values of the searched keys are written to
+`<tuning file dir>/baselines/<name>.yaml` (`--baseline-out` to change) as
+`{name, source: {study, storage, best_value, n_trials, trial_number, date}, params: {...}}`; a grid
+sweep file that says `baseline: baselines/<name>.yaml` starts every trial from those values (its own
+`base` and grid keys override them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+import optuna
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from rgsweep import tracking
+from rgsweep.config import ConfigError, TrialConfig, load_yaml, make_config
+from rgsweep.sweep import (
+    _EPOCH_KEYS,
+    DEFAULT_SMOKE,
+    SUMMARY_KEY,
+    Resources,
+    _Callback,
+    _parse_set,
+    default_storage,
+    fit_resources,
+    ui_hint,
+)
+
+FAILED_KEY = "rgsweep_failed"  # set on a trial's summary result when it diverged (Optuna: FAIL)
+DEFAULT_VAL_FRACTION = 0.1
+# Keys that define the objective's data or the trial budget, or only where/how a trial runs: tuning
+# them would compare trials on different validation sets (the split depends on dataset, subset and
+# corruption_seed) or fight the pruner over epochs.
+NOT_TUNABLE = {
+    "dataset": "it defines the data", "data_dir": "it is where the data lives", "download": "it is not a setting",
+    "subset": "it changes the validation split", "val_fraction": "it changes the validation split",
+    "corruption_seed": "it draws the validation split", "epochs": "the budget belongs to the pruner",
+    "device": "it is where a trial runs", "eval_batch_size": "it does not change results",
+}
+OBJECTIVES = {"val_acc": "max", "val_loss": "min"}
+
+
+# -- the tuning file ------------------------------------------------------------------------------
+class ParamSpec(BaseModel):
+    """One searched key: a float or int range (linear or log, optional step) or a list of choices."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["float", "int", "categorical"]
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    choices: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ParamSpec:
+        if self.type == "categorical":
+            if self.low is not None or self.high is not None or self.log or self.step is not None:
+                raise ValueError("type categorical takes only 'choices' (not low, high, log, step)")
+            if not self.choices:
+                raise ValueError("type categorical needs a non-empty 'choices' list")
+            for c in self.choices:
+                if c is not None and not isinstance(c, (str, int, float, bool)):
+                    raise ValueError(f"choice {c!r}: choices must be numbers, strings, booleans or null "
+                                     "(write a list such as augment as a comma-separated string)")
+            if len({json.dumps(c) for c in self.choices}) != len(self.choices):
+                raise ValueError(f"choices {self.choices} has duplicates")
+            return self
+        if self.choices is not None:
+            raise ValueError(f"type {self.type} takes low, high, log, step (not 'choices')")
+        if self.low is None or self.high is None:
+            raise ValueError(f"type {self.type} needs both 'low' and 'high'")
+        if not self.low < self.high:
+            raise ValueError(f"low must be < high, got low={self.low} high={self.high}")
+        if self.log and self.low <= 0:
+            raise ValueError(f"log: true needs low > 0, got low={self.low}")
+        if self.log and self.step is not None:
+            raise ValueError("log and step cannot be combined (Optuna samples log ranges continuously)")
+        if self.type == "int":
+            for k in ("low", "high", "step"):
+                v = getattr(self, k)
+                if v is not None and v != int(v):
+                    raise ValueError(f"type int needs an integer {k}, got {v}")
+        if self.step is not None:
+            if self.step <= 0:
+                raise ValueError(f"step must be > 0, got {self.step}")
+            n = (self.high - self.low) / self.step
+            if abs(n - round(n)) > 1e-9:
+                raise ValueError(f"high - low ({self.high - self.low:g}) must be a multiple of step ({self.step:g})")
+        return self
+
+    def distribution(self) -> optuna.distributions.BaseDistribution:
+        if self.type == "categorical":
+            return optuna.distributions.CategoricalDistribution(self.choices)
+        if self.type == "int":
+            return optuna.distributions.IntDistribution(int(self.low), int(self.high), log=self.log,
+                                                        step=int(self.step or 1))
+        return optuna.distributions.FloatDistribution(self.low, self.high, log=self.log, step=self.step)
+
+    def describe(self) -> str:
+        if self.type == "categorical":
+            return f"categorical{json.dumps(self.choices)}"
+        extra = " log" if self.log else (f" step {self.step:g}" if self.step else "")
+        return f"{self.type}[{self.low:g}, {self.high:g}]{extra}"
+
+    def probes(self) -> list[Any]:
+        """Values every sample lies between (the ends) plus an interior non-round one: together they check
+        that any sampled value gives a valid TrialConfig (types, and ranges, which are intervals)."""
+        if self.type == "categorical":
+            return list(self.choices)
+        lo, hi = self.low, self.high
+        if self.type == "int":
+            return [int(lo), int(hi)]
+        mid = math.exp(math.log(lo) + 0.37 * (math.log(hi) - math.log(lo))) if self.log else lo + 0.37 * (hi - lo)
+        return [lo, hi, mid]
+
+
+class Objective(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    metric: Literal["val_acc", "val_loss"] = "val_acc"  # validation metrics only: the test set is never tuned on
+    mode: Literal["max", "min"] | None = None  # default: max for val_acc, min for val_loss
+
+    @model_validator(mode="after")
+    def _mode(self) -> Objective:
+        natural = OBJECTIVES[self.metric]
+        if self.mode is None:
+            self.mode = natural
+        elif self.mode != natural:
+            raise ValueError(f"mode {self.mode!r} for {self.metric} would search for the worst model; "
+                             f"allowed: {natural}")
+        return self
+
+
+class Pruning(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool = True
+    grace_period: int = Field(5, ge=1)  # epochs before ASHA may stop a trial (its first rung)
+    reduction_factor: float = Field(3.0, gt=1)  # rungs at grace * rf**k; ~1/rf of trials pass each rung
+
+
+class TuningSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1)
+    experiment: str | None = None
+    description: str = ""
+    base: dict[str, Any] = Field(default_factory=dict)
+    space: dict[str, ParamSpec] = Field(min_length=1)
+    objective: Objective = Field(default_factory=Objective)
+    n_trials: int = Field(20, ge=1)
+    max_concurrent: int | None = Field(None, ge=1)
+    resources: Resources = Field(default_factory=Resources)
+    pruning: Pruning = Field(default_factory=Pruning)
+    seed: int = Field(0, ge=0)
+    startup_trials: int = Field(10, ge=0)
+    smoke: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("space", mode="before")
+    @classmethod
+    def _space_keys(cls, space: Any) -> Any:
+        if not isinstance(space, dict):
+            return space
+        for key in space:
+            if key not in TrialConfig.model_fields:
+                raise ValueError(f"unknown space key {key!r}; allowed: the trial keys "
+                                 f"({', '.join(k for k in TrialConfig.model_fields if k not in NOT_TUNABLE)})")
+            if key in NOT_TUNABLE:
+                raise ValueError(f"space key {key!r} cannot be tuned: {NOT_TUNABLE[key]}; set it in base")
+        return space
+
+
+_MODELS = {"space": ParamSpec, "objective": Objective, "pruning": Pruning, "resources": Resources}
+
+
+def _format(err: ValidationError, path: Path) -> str:
+    msgs = []
+    for e in err.errors():
+        loc = [str(p) for p in e["loc"]]
+        where = ".".join(loc)
+        if e["type"] == "extra_forbidden":
+            model = _MODELS.get(loc[0]) if len(loc) > 1 else TuningSpec
+            model = ParamSpec if loc[0] == "space" and len(loc) == 3 else model
+            msgs.append(f"unknown key {where!r}; allowed keys: {', '.join((model or TuningSpec).model_fields)}")
+        else:
+            msgs.append(f"{where}: {e['msg'].removeprefix('Value error, ')}")
+    return f"invalid tuning file {path}: " + "; ".join(msgs)
+
+
+def load_spec(path: str | Path) -> TuningSpec:
+    data = load_yaml(path)
+    try:
+        return TuningSpec(**data)
+    except ValidationError as e:
+        raise ConfigError(_format(e, Path(path))) from None
+
+
+@dataclass
+class TuningPlan:
+    spec: TuningSpec
+    path: Path
+    base: TrialConfig  # every trial is this plus its sampled values
+    study: str  # the Optuna study's name
+    experiment: str
+    n_trials: int  # trials to run in this invocation
+    grace_period: int | None  # None: no pruning
+    smoke: bool = False
+
+    @property
+    def space(self) -> dict[str, ParamSpec]:
+        return self.spec.space
+
+    @property
+    def metric(self) -> str:
+        return self.spec.objective.metric
+
+    @property
+    def mode(self) -> str:
+        return self.spec.objective.mode or OBJECTIVES[self.metric]
+
+    def distributions(self) -> dict[str, optuna.distributions.BaseDistribution]:
+        return {k: p.distribution() for k, p in self.space.items()}
+
+    def rungs(self) -> list[int]:
+        """ASHA's milestones (epochs), as `raytune.asha` sets it up: max_t = epochs - 1."""
+        if self.grace_period is None:
+            return []
+        rf, max_t = self.spec.pruning.reduction_factor, self.base.epochs - 1
+        n = int(math.log(max_t / self.grace_period) / math.log(rf) + 1)
+        return [round(self.grace_period * rf**k) for k in range(n)]
+
+
+def trial_config(base: dict[str, Any], params: dict[str, Any], where: str = "") -> TrialConfig:
+    """The trial's config: the base with its sampled values on top (driver and worker use this one function)."""
+    return make_config({**base, **params}, where=where)
+
+
+def plan_tuning(
+    spec: TuningSpec, path: Path, overrides: dict[str, Any] | None = None, smoke: bool = False,
+    n_trials: int | None = None,
+) -> TuningPlan:
+    """Resolve and validate everything before anything runs: the base, and every key's range against it."""
+    base = dict(spec.base)
+    base.setdefault("val_fraction", DEFAULT_VAL_FRACTION)
+    trials = spec.n_trials
+    if smoke:
+        extra = dict(spec.smoke)
+        trials = int(extra.pop("n_trials", 2))
+        base.update({**DEFAULT_SMOKE, **extra})
+    base.update(overrides or {})
+    cfg = make_config(base, where=f"{path} (base)")
+    if cfg.val_fraction <= 0:
+        raise ConfigError(f"invalid tuning file {path}: base.val_fraction must be > 0 (got {cfg.val_fraction}): "
+                          "the objective is measured on a validation split held out from the clean training set, "
+                          "never on the test set")
+    for key, p in spec.space.items():
+        for v in p.probes():
+            make_config({**base, key: v}, where=f"{path} (space.{key} = {v!r}, {p.describe()})")
+    if n_trials is not None:
+        if n_trials < 1:
+            raise ConfigError(f"--n-trials must be >= 1, got {n_trials}")
+        trials = n_trials
+    grace: int | None = None
+    pr = spec.pruning
+    if pr.enabled and cfg.epochs >= 2:
+        grace = pr.grace_period
+        if grace >= cfg.epochs:
+            if not smoke:
+                raise ConfigError(f"invalid tuning file {path}: pruning.grace_period={grace} must be < base.epochs="
+                                  f"{cfg.epochs} (ASHA's first rung must come before the last epoch)")
+            grace = cfg.epochs - 1
+    study = f"{spec.name}-smoke" if smoke else spec.name
+    return TuningPlan(spec, path, cfg, study, spec.experiment or spec.name, trials, grace, smoke)
+
+
+# -- the trainable (runs on a Ray worker) ---------------------------------------------------------
+def trainable(config: dict[str, Any], base: dict[str, Any]) -> None:
+    """Train one sampled config; report every epoch (ASHA and Optuna read `val_acc` from them), then a
+    summary result that marks the trial as ended by itself (not pruned) and carries the run summary."""
+    import torch
+
+    from rgsweep import raytune
+    from rgsweep.train import DivergedError, train
+
+    cfg = trial_config(base, config)
+    torch.set_num_threads(max(1, int(raytune.trial_resources().get("CPU", 1) or 1)))
+    last: dict[str, Any] = {}
+
+    def report(metrics: dict[str, Any]) -> None:
+        last.clear()
+        last.update(metrics)
+        raytune.report(metrics)
+
+    try:
+        summary, status = train(cfg, report), "complete"
+    except DivergedError as e:
+        summary, status = e.summary, "diverged"
+    summary.pop("last_epoch", None)
+    # The last epoch's numbers ride along: Optuna's value is this result's val_acc (that epoch's).
+    raytune.report({**last, FAILED_KEY: status == "diverged",
+                    SUMMARY_KEY: json.dumps({"status": status, **summary}, default=str)})
+
+
+# -- MLflow from the driver -----------------------------------------------------------------------
+class StudyTracker:
+    """The study's parent run and a child run per Optuna trial; every write happens in the driver."""
+
+    def __init__(self, plan: TuningPlan, tracking_uri: str | None, storage_url: str):
+        self.plan = plan
+        self.client = tracking.get_client(tracking_uri)
+        self.uri = self.client.tracking_uri
+        self.exp_id = tracking.get_experiment_id(self.client, plan.experiment)
+        self.storage_url = storage_url
+        self.parent: tracking.RunTracker | None = None
+        self.runs: dict[str, tracking.RunTracker] = {}  # Ray trial id -> open child run
+        self.last_epoch: dict[str, int] = {}
+        self.trial_number: Any = lambda ray_id: None  # set to the searcher's lookup before trials start
+        self.base = plan.base.model_dump()
+
+    def _latest_parent(self) -> Any | None:
+        runs = self.client.search_runs(
+            [self.exp_id], f"tags.`rgsweep.kind` = 'tune' and tags.`optuna.study` = '{self.plan.study}'",
+            order_by=["attributes.start_time DESC"], max_results=1,
+        )
+        return runs[0] if runs else None
+
+    def open(self, resume: bool) -> None:
+        parent = self._latest_parent() if resume else None
+        if parent is not None:
+            self.parent = tracking.RunTracker(self.client, parent.info.run_id)
+            tracking.retry(lambda: self.client.update_run(parent.info.run_id, status="RUNNING"))
+            for run in tracking.search_children(self.client, self.exp_id, parent.info.run_id, statuses=["RUNNING"]):
+                stale = tracking.RunTracker(self.client, run.info.run_id)  # its driver died
+                stale.set_tags({"optuna.state": "failed"})
+                stale.finish("KILLED")
+            return
+        spec = self.plan.spec
+        params = {f"space.{k}": p.describe() for k, p in self.plan.space.items()}
+        params.update({
+            "objective": f"{self.plan.metric} ({self.plan.mode})",
+            "pruning": (f"asha grace_period={self.plan.grace_period} reduction_factor={spec.pruning.reduction_factor:g}"
+                        f" rungs={self.plan.rungs()}" if self.plan.grace_period else "none"),
+            "sampler": f"tpe seed={spec.seed} startup_trials={spec.startup_trials}",
+            "tuning_file": str(self.plan.path), "study": self.plan.study, "storage": self.storage_url,
+        })
+        tags = {"rgsweep.kind": "tune", "rgsweep.sweep": spec.name, "rgsweep.swept": ",".join(self.plan.space),
+                "rgsweep.git_commit": tracking.git_commit(), "optuna.study": self.plan.study,
+                "optuna.storage": self.storage_url}
+        self.parent = tracking.RunTracker.start(self.client, self.exp_id, f"tune-{self.plan.study}",
+                                                params=params, tags=tags)
+        self.parent.log_artifact(self.plan.path)
+
+    # Ray callback hooks (called in the driver)
+    def trial_started(self, ray_id: str, params: dict[str, Any]) -> None:
+        cfg = trial_config(self.base, params)
+        number = self.trial_number(ray_id)
+        tags = tracking.trial_tags(cfg, sweep=self.plan.spec.name)
+        tags.update({"rgsweep.ray_trial_id": ray_id, "optuna.study": self.plan.study,
+                     "optuna.trial_number": str(number)})
+        name = f"{cfg.arch}-trial{number:03d}" if number is not None else f"{cfg.arch}-{ray_id}"
+        self.runs[ray_id] = tracking.RunTracker.start(
+            self.client, self.exp_id, name, params=cfg.flat_params(), tags=tags, parent_run_id=self.parent.run_id,
+        )
+
+    def trial_result(self, ray_id: str, result: dict[str, Any]) -> None:
+        run = self.runs.get(ray_id)
+        if run is None:
+            return
+        if SUMMARY_KEY in result:
+            summary = json.loads(result[SUMMARY_KEY])
+            diverged = summary.pop("status") == "diverged"
+            run.set_tags({"optuna.state": "failed" if diverged else "complete"})
+            tracking.finish_trial(run, summary, diverged=diverged)
+            del self.runs[ray_id]
+        elif "epoch" in result:
+            run.log_epoch({k: result[k] for k in result if k in _EPOCH_KEYS})
+            self.last_epoch[ray_id] = int(result["epoch"])
+
+    def trial_completed(self, ray_id: str) -> None:
+        run = self.runs.pop(ray_id, None)
+        if run is None:  # ended with its summary
+            return
+        # Completed without a summary: ASHA stopped it. A pruned trial is a normal outcome: FINISHED.
+        run.set_tags({"optuna.state": "pruned", "rgsweep.stop_reason": "pruned"})
+        run.log_metrics({"epochs_run": self.last_epoch.get(ray_id, 0)})
+        run.log_learning_curve()
+        run.finish("FINISHED")
+
+    def trial_errored(self, ray_id: str, error: str) -> None:
+        run = self.runs.pop(ray_id, None)
+        if run is not None:
+            run.set_tags({"optuna.state": "failed"})
+            run.log_learning_curve()
+            run.fail(error)
+
+    def close(self, study: optuna.Study | None, interrupted: bool) -> dict[str, Any]:
+        for run in self.runs.values():  # still open: the run was interrupted
+            run.set_tags({"optuna.state": "failed"})
+            run.finish("KILLED")
+        self.runs.clear()
+        stats = study_stats(study) if study is not None else {"n_trials": 0, "n_complete": 0}
+        metrics = {k: v for k, v in stats.items() if k.startswith("n_") or k == "best_value"}
+        self.parent.log_metrics(metrics, step=stats["n_trials"])
+        if stats.get("best_params"):
+            self.parent.set_tags({f"best.{k}": v for k, v in stats["best_params"].items()}
+                                 | {"best.trial_number": stats["best_trial"]})
+            with tempfile.TemporaryDirectory() as tmp:
+                p = Path(tmp) / "best_params.yaml"
+                p.write_text(yaml.safe_dump(baseline_doc(self.plan, stats, self.storage_url), sort_keys=False))
+                self.parent.log_artifact(p)
+        self.parent.finish("KILLED" if interrupted else ("FINISHED" if stats["n_complete"] else "FAILED"))
+        return stats
+
+
+def study_stats(study: optuna.Study) -> dict[str, Any]:
+    S = optuna.trial.TrialState
+    trials = study.get_trials(deepcopy=False)
+    stats: dict[str, Any] = {
+        "n_trials": len(trials),
+        "n_complete": sum(t.state == S.COMPLETE for t in trials),
+        "n_pruned": sum(t.state == S.PRUNED for t in trials),
+        "n_failed": sum(t.state == S.FAIL for t in trials),
+    }
+    if stats["n_complete"]:
+        best = study.best_trial
+        stats.update(best_value=best.value, best_params=dict(best.params), best_trial=best.number)
+    return stats
+
+
+def baseline_doc(plan: TuningPlan, stats: dict[str, Any], storage_url: str) -> dict[str, Any]:
+    return {
+        "name": plan.spec.name,
+        "source": {
+            "study": plan.study, "storage": storage_url, "objective": f"{plan.metric} ({plan.mode})",
+            "best_value": stats["best_value"], "trial_number": stats["best_trial"], "n_trials": stats["n_trials"],
+            "tuning_file": str(plan.path), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        },
+        "params": {k: stats["best_params"][k] for k in plan.space if k in stats["best_params"]},
+    }
+
+
+# -- storage --------------------------------------------------------------------------------------
+def default_optuna_storage(tracking_uri: str) -> str:
+    """The study beside the MLflow SQLite store (mlruns/optuna.db), else ./mlruns/optuna.db."""
+    root = tracking.artifact_root(tracking_uri)
+    base = Path(root[len("file://"):]) if root else Path("mlruns").resolve()
+    base.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{base / 'optuna.db'}"
+
+
+def open_storage(url: str) -> optuna.storages.BaseStorage:
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
+        url = f"sqlite:///{Path(url[len('sqlite:///'):]).resolve()}"  # absolute, like the MLflow store
+    return optuna.storages.RDBStorage(url)
+
+
+def prepare_study(plan: TuningPlan, storage: optuna.storages.BaseStorage, url: str, resume: bool,
+                  restart: bool) -> int:
+    """Make the stored study ready for this invocation; returns how many trials it already holds.
+
+    Without --resume an existing study is refused (two searches mixed in one study would be
+    misleading); --restart deletes it, a smoke run always does. --resume ends trials a dead driver left
+    RUNNING as FAIL, so TPE's constant liar does not wait on them forever."""
+    if plan.study not in optuna.study.get_all_study_names(storage=storage):
+        return 0
+    if restart or plan.smoke:
+        optuna.delete_study(study_name=plan.study, storage=storage)
+        return 0
+    study = optuna.load_study(study_name=plan.study, storage=storage)
+    trials = study.get_trials(deepcopy=False)
+    if not resume:
+        raise ConfigError(
+            f"study {plan.study!r} already has {len(trials)} trials in {url}: pass --resume to add trials to it, "
+            "or --restart to delete it and start over (with make: ARGS=--resume)"
+        )
+    for t in trials:
+        if t.state == optuna.trial.TrialState.RUNNING:
+            study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+    return len(trials)
+
+
+# -- running --------------------------------------------------------------------------------------
+def run_tune(
+    plan: TuningPlan,
+    *,
+    tracking_uri: str | None = None,
+    storage_url: str | None = None,
+    resume: bool = False,
+    restart: bool = False,
+    ray_address: str | None = None,
+    storage_path: str | None = None,
+    max_concurrent: int | None = None,
+    num_cpus: int | None = None,
+    baseline_out: str | Path | None = None,
+    verbose: int = 1,
+) -> tuple[int, dict[str, Any]]:
+    """Run (or resume) a study; returns (exit code, stats incl. the baseline path when one was written)."""
+    from rgsweep import raytune
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    resume = resume and not plan.smoke  # a smoke study is throwaway: always a new one
+    client = tracking.get_client(tracking_uri)  # the MLflow schema, once, before trials fan out
+    url = storage_url or default_optuna_storage(client.tracking_uri)
+    storage = open_storage(url)
+    n_before = prepare_study(plan, storage, url, resume, restart)  # may refuse: nothing has run yet
+
+    tracker = StudyTracker(plan, client.tracking_uri, url)
+    tracker.open(resume)
+    # A resumed study gets a new sampler seed: the same seed would replay the same random startup trials.
+    sampler = optuna.samplers.TPESampler(seed=plan.spec.seed + n_before, n_startup_trials=plan.spec.startup_trials)
+    searcher = raytune.OptunaSearcher(
+        space=plan.distributions(), metric=plan.metric, mode=plan.mode, sampler=sampler,
+        study_name=plan.study, storage=storage, step_key="epoch", final_key=SUMMARY_KEY, failed_key=FAILED_KEY,
+    )
+    tracker.trial_number = searcher.trial_number
+    scheduler = None
+    if plan.grace_period:
+        scheduler = raytune.asha(plan.metric, plan.mode, plan.base.epochs, plan.grace_period,
+                                 plan.spec.pruning.reduction_factor)
+    print(f"tune {plan.study!r}: {plan.n_trials} trials to add to a study of {n_before} "
+          f"(objective {plan.metric} {plan.mode}, pruning rungs {plan.rungs() or 'off'}; "
+          f"parent run {tracker.parent.run_id}, experiment {plan.experiment!r}; storage {url})", flush=True)
+
+    interrupted = False
+    started = raytune.start_ray(ray_address, num_cpus=num_cpus)
+    try:
+        res = plan.spec.resources
+        resources = fit_resources({"cpu": res.cpu, "gpu": res.gpu}, raytune.cluster_resources())
+        raytune.run_trials(
+            trainable, name=f"{plan.study}-{time.strftime('%Y%m%d-%H%M%S')}",
+            storage_path=storage_path or os.environ.get("RGSWEEP_STORAGE") or default_storage(tracker.uri),
+            resources=resources, callbacks=[_Callback.make(tracker)], search_alg=searcher, scheduler=scheduler,
+            num_samples=plan.n_trials, max_concurrent=max_concurrent or plan.spec.max_concurrent,
+            parameters={"base": tracker.base}, parameter_columns=list(plan.space), verbose=verbose,
+        )
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        interrupted = interrupted or bool(tracker.runs)
+        raytune.stop_ray(started)
+
+    study = optuna.load_study(study_name=plan.study, storage=storage)
+    for t in study.get_trials(deepcopy=False):  # interrupted trials: never left RUNNING
+        if t.state == optuna.trial.TrialState.RUNNING:
+            study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+    stats = tracker.close(study, interrupted)
+    print()
+    print(results_table(study, plan))
+    print(f"\nstudy {plan.study!r}: {stats['n_trials']} trials ({stats['n_complete']} complete, "
+          f"{stats['n_pruned']} pruned, {stats['n_failed']} failed)")
+    if stats.get("best_params"):
+        out = Path(baseline_out) if baseline_out else (None if plan.smoke else baseline_path(plan))
+        best = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in stats["best_params"].items())
+        print(f"best: trial {stats['best_trial']}, {plan.metric}={stats['best_value']:.4f}, {best}")
+        if out is not None:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            doc = yaml.safe_dump(baseline_doc(plan, stats, url), sort_keys=False)
+            out.write_text(f"# Best values of study {plan.study!r}, written by `rgsweep tune {plan.path}`.\n"
+                           "# A sweep file uses them with `baseline: <this file, relative to the sweep file>`.\n" + doc)
+            stats["baseline"] = str(out)
+            print(f"baseline written to {out}")
+    print(ui_hint(tracker.uri, tracker.exp_id))
+    print(f"Optuna dashboard: optuna-dashboard {url}")
+    if interrupted:
+        return 130, stats
+    return (0 if stats["n_complete"] else 1), stats
+
+
+def baseline_path(plan: TuningPlan) -> Path:
+    return plan.path.parent / "baselines" / f"{plan.spec.name}.yaml"
+
+
+def results_table(study: optuna.Study, plan: TuningPlan) -> str:
+    keys = list(plan.space)
+    header = ["trial", "state", plan.metric, "epochs", *keys]
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        value = t.value if t.value is not None else (t.intermediate_values[max(t.intermediate_values)]
+                                                     if t.intermediate_values else None)
+        vals = [f"{t.params[k]:.4g}" if isinstance(t.params.get(k), float) else str(t.params.get(k, "-"))
+                for k in keys]
+        rows.append([str(t.number), t.state.name.lower(), "-" if value is None else f"{value:.4f}",
+                     str(max(t.intermediate_values, default=0)), *vals])
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    line = lambda r: "  ".join(str(x).ljust(w) for x, w in zip(r, widths))
+    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+def describe(plan: TuningPlan, storage_url: str) -> str:
+    """What --dry-run prints: the resolved plan, without touching Ray or the storage."""
+    base = plan.base.model_dump()
+    lines = [
+        f"study {plan.study!r} in {storage_url}, MLflow experiment {plan.experiment!r}",
+        f"{plan.n_trials} trials, objective {plan.metric} ({plan.mode}) on val_fraction={plan.base.val_fraction} "
+        "of the clean training set",
+        f"sampler: TPE seed={plan.spec.seed} startup_trials={plan.spec.startup_trials}",
+        "pruning: " + (f"ASHA rungs at epochs {plan.rungs()} of {plan.base.epochs}, reduction factor "
+                       f"{plan.spec.pruning.reduction_factor:g}" if plan.grace_period else "off"),
+        "space:",
+        *(f"  {k}: {p.describe()}" for k, p in plan.space.items()),
+        "base: " + " ".join(f"{k}={v}" for k, v in base.items() if k not in plan.space),
+        f"baseline file: {baseline_path(plan)}" + (" (not written by --smoke)" if plan.smoke else ""),
+    ]
+    return "\n".join(lines)
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    path = Path(args.file)
+    spec = load_spec(path)
+    overrides = _parse_set(args.set)
+    if args.dataset:
+        overrides["dataset"] = args.dataset
+    if args.data_dir:
+        overrides["data_dir"] = args.data_dir
+    if args.download:
+        overrides["download"] = True
+    plan = plan_tuning(spec, path, overrides, smoke=args.smoke, n_trials=args.n_trials)
+    if args.max_concurrent is not None and args.max_concurrent < 1:
+        raise ConfigError(f"--max-concurrent must be >= 1, got {args.max_concurrent}")
+    if args.resume and args.restart:
+        raise ConfigError("--resume and --restart exclude each other")
+    if args.dry_run:
+        uri = tracking.resolve_tracking_uri(args.tracking_uri)
+        print(describe(plan, args.storage or default_optuna_storage(uri)))
+        return 0
+    if not (args.ray_address or os.environ.get("RAY_ADDRESS")):
+        check_data(plan.base)  # a missing dataset fails here, before Ray starts and before any run exists
+    code, _ = run_tune(
+        plan, tracking_uri=args.tracking_uri, storage_url=args.storage, resume=args.resume, restart=args.restart,
+        ray_address=args.ray_address, storage_path=args.storage_path, max_concurrent=args.max_concurrent,
+        num_cpus=args.num_cpus, baseline_out=args.baseline_out,
+    )
+    return code
+
+
+def check_data(cfg: TrialConfig) -> None:
+    from rgsweep.data.sources import DatasetError, load_dataset
+
+    try:
+        load_dataset(cfg.dataset, cfg.data_dir, cfg.download, cfg.subset)
+    except (DatasetError, ValueError) as e:
+        raise ConfigError(str(e)) from None
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("tune", help="Optuna search for baseline hyperparameters on Ray Tune, every trial in MLflow")
+    p.add_argument("file", help="tuning file (sweeps/tune-*.yaml)")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved study plan and exit")
+    p.add_argument("--smoke", action="store_true", help="tiny variant (the file's smoke overrides), throwaway study")
+    p.add_argument("--resume", action="store_true", help="add trials to the existing study instead of refusing")
+    p.add_argument("--restart", action="store_true", help="delete the existing study and start a new one")
+    p.add_argument("--n-trials", type=int, help="trials to run in this invocation (default: the file's n_trials)")
+    p.add_argument("--baseline-out", help="where to write the best params (default: <file dir>/baselines/<name>.yaml)")
+    p.add_argument("--storage", help="Optuna storage URL (default: sqlite:///.../optuna.db beside the MLflow store)")
+    p.add_argument("--dataset", help="override the dataset of every trial")
+    p.add_argument("--data-dir", help="override the data dir of every trial")
+    p.add_argument("--download", action="store_true", help="allow downloading the dataset")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a base trial key (repeatable)")
+    p.add_argument("--ray-address", help="join this Ray cluster (default $RAY_ADDRESS, else a local instance)")
+    p.add_argument("--storage-path", help="Ray Tune state (default mlruns/ray beside the store)")
+    p.add_argument("--max-concurrent", type=int, help="cap on trials running at once")
+    p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance (default: all)")
+    p.add_argument("--tracking-uri", help="MLflow store (default $MLFLOW_TRACKING_URI or sqlite:///mlruns/mlflow.db)")
+    p.set_defaults(func=cmd_tune)
+
+
+if __name__ == "__main__":
+    from rgsweep.cli import main
+
+    sys.exit(main(["tune", *sys.argv[1:]]))
