@@ -64,7 +64,7 @@ sweep-architectures: install ## every model, true vs random labels, on CIFAR-10
 sweep-mnist: install ## the MNIST track (Adam, label noise, random pixels)
 	$(RGSWEEP) sweep sweeps/mnist.yaml $(DATA_ARGS) $(ARGS)
 
-tune: install ## Optuna tunes the demo baseline (digits), writes sweeps/baselines/tune-demo.yaml
+tune: install ## Optuna tunes the demo baseline (digits) -> sweeps/baselines/tune-demo.yaml (ARGS=--resume|--restart)
 	$(RGSWEEP) tune sweeps/tune-demo.yaml $(DATA_ARGS) $(ARGS)
 
 tune-paper: install ## Optuna per architecture on CIFAR-10 (inception, alexnet, mlp1x512)
