@@ -35,6 +35,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -543,7 +544,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print(f"{len(plan.trials)} trials (experiment {plan.experiment!r}, swept: {', '.join(plan.swept_keys)})")
         return 0
     if not (args.ray_address or os.environ.get("RAY_ADDRESS")):
-        check_data(plan)  # a missing dataset fails here, before Ray starts and before any run exists
+        # A missing dataset fails here, before Ray starts and before any run exists.
+        check_data(t.config for t in plan.trials)
     code, _ = run_sweep(
         plan, tracking_uri=args.tracking_uri, resume=args.resume, rerun_failed=args.rerun_failed,
         ray_address=args.ray_address, storage_path=args.storage_path, max_concurrent=args.max_concurrent,
@@ -552,13 +554,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return code
 
 
-def check_data(plan: Plan) -> None:
+def check_data(configs: Iterable[TrialConfig]) -> None:
     """Load each distinct dataset once (this also fills the decode cache the trials then read)."""
     from rgsweep.data.sources import DatasetError, load_dataset
 
     seen = set()
-    for t in plan.trials:
-        c = t.config
+    for c in configs:
         k = (c.dataset, c.data_dir, c.download, c.subset)
         if k in seen:
             continue
@@ -569,13 +570,8 @@ def check_data(plan: Plan) -> None:
             raise ConfigError(str(e)) from None
 
 
-def register(sub: Any) -> None:
-    p = sub.add_parser("sweep", help="run a grid sweep file on Ray Tune, every trial an MLflow run")
-    p.add_argument("file", help="sweep file (sweeps/*.yaml)")
-    p.add_argument("--dry-run", action="store_true", help="print the expanded trials and their count")
-    p.add_argument("--smoke", action="store_true", help="tiny variant: the file's smoke overrides, 2 values per key")
-    p.add_argument("--resume", action="store_true", help="continue the last run of this sweep; skip FINISHED trials")
-    p.add_argument("--rerun-failed", action="store_true", help="with --resume: run FAILED trials again")
+def add_run_args(p: argparse.ArgumentParser) -> None:
+    """Options shared by `rgsweep sweep` and `rgsweep tune`: data overrides, Ray, MLflow."""
     p.add_argument("--dataset", help="override the dataset of every trial")
     p.add_argument("--data-dir", help="override the data dir of every trial")
     p.add_argument("--download", action="store_true", help="allow downloading the dataset")
@@ -583,15 +579,21 @@ def register(sub: Any) -> None:
     p.add_argument("--ray-address", help="join this Ray cluster (default $RAY_ADDRESS, else a local instance)")
     p.add_argument("--storage-path", help="Ray Tune state (default mlruns/ray beside the store; s3://... for clusters)")
     p.add_argument("--max-concurrent", type=int, help="cap on trials running at once")
+    p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance (default: all)")
+    p.add_argument("--tracking-uri", help="MLflow store (default $MLFLOW_TRACKING_URI or sqlite:///mlruns/mlflow.db)")
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("sweep", help="run a grid sweep file on Ray Tune, every trial an MLflow run")
+    p.add_argument("file", help="sweep file (sweeps/*.yaml)")
+    p.add_argument("--dry-run", action="store_true", help="print the expanded trials and their count")
+    p.add_argument("--smoke", action="store_true", help="tiny variant: the file's smoke overrides, 2 values per key")
+    p.add_argument("--resume", action="store_true", help="continue the last run of this sweep; skip FINISHED trials")
+    p.add_argument("--rerun-failed", action="store_true", help="with --resume: run FAILED trials again")
     p.add_argument("--cpus-per-trial", type=float, help="override resources.cpu")
     p.add_argument("--gpus-per-trial", type=float, help="override resources.gpu (fractions share a GPU)")
-    p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance (default: all)")
-    tracking_arg(p)
+    add_run_args(p)
     p.set_defaults(func=cmd_sweep)
-
-
-def tracking_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--tracking-uri", help="MLflow store (default $MLFLOW_TRACKING_URI or sqlite:///mlruns/mlflow.db)")
 
 
 if __name__ == "__main__":

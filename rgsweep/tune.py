@@ -76,6 +76,8 @@ from rgsweep.sweep import (
     Resources,
     _Callback,
     _parse_set,
+    add_run_args,
+    check_data,
     default_storage,
     fit_resources,
     ui_hint,
@@ -677,22 +679,13 @@ def cmd_tune(args: argparse.Namespace) -> int:
         print(describe(plan, args.storage or default_optuna_storage(uri)))
         return 0
     if not (args.ray_address or os.environ.get("RAY_ADDRESS")):
-        check_data(plan.base)  # a missing dataset fails here, before Ray starts and before any run exists
+        check_data([plan.base])  # a missing dataset fails here, before Ray starts and before any run exists
     code, _ = run_tune(
         plan, tracking_uri=args.tracking_uri, storage_url=args.storage, resume=args.resume, restart=args.restart,
         ray_address=args.ray_address, storage_path=args.storage_path, max_concurrent=args.max_concurrent,
         num_cpus=args.num_cpus, baseline_out=args.baseline_out,
     )
     return code
-
-
-def check_data(cfg: TrialConfig) -> None:
-    from rgsweep.data.sources import DatasetError, load_dataset
-
-    try:
-        load_dataset(cfg.dataset, cfg.data_dir, cfg.download, cfg.subset)
-    except (DatasetError, ValueError) as e:
-        raise ConfigError(str(e)) from None
 
 
 def register(sub: Any) -> None:
@@ -705,15 +698,7 @@ def register(sub: Any) -> None:
     p.add_argument("--n-trials", type=int, help="trials to run in this invocation (default: the file's n_trials)")
     p.add_argument("--baseline-out", help="where to write the best params (default: <file dir>/baselines/<name>.yaml)")
     p.add_argument("--storage", help="Optuna storage URL (default: sqlite:///.../optuna.db beside the MLflow store)")
-    p.add_argument("--dataset", help="override the dataset of every trial")
-    p.add_argument("--data-dir", help="override the data dir of every trial")
-    p.add_argument("--download", action="store_true", help="allow downloading the dataset")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a base trial key (repeatable)")
-    p.add_argument("--ray-address", help="join this Ray cluster (default $RAY_ADDRESS, else a local instance)")
-    p.add_argument("--storage-path", help="Ray Tune state (default mlruns/ray beside the store)")
-    p.add_argument("--max-concurrent", type=int, help="cap on trials running at once")
-    p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance (default: all)")
-    p.add_argument("--tracking-uri", help="MLflow store (default $MLFLOW_TRACKING_URI or sqlite:///mlruns/mlflow.db)")
+    add_run_args(p)
     p.set_defaults(func=cmd_tune)
 
 
