@@ -83,7 +83,7 @@ ui: install ## MLflow UI on http://$(HOST):$(PORT) over the default store
 	$(RGSWEEP) ui --host $(HOST) --port $(PORT)
 
 bench: install ## rgsweep's loop vs the standard torchvision pipeline; trial packing; sweep overhead
-	$(BIN)/python -m benchmarks.bench $(ARGS)
+	$(BIN)/python -m benchmarks.bench --packing --sweep-overhead $(ARGS)
 
 clean: ## remove caches and build leftovers (keeps mlruns/ and .venv)
 	rm -rf .pytest_cache .ruff_cache exports reports notebooks/executed benchmarks/results

@@ -213,8 +213,10 @@ def trainable(config: dict[str, Any], payloads: dict[str, dict[str, Any]]) -> No
     for m, res in zip(members, results):
         if isinstance(res, DivergedError):
             summary, status = res.summary, "diverged"
-        elif isinstance(res, BaseException):
-            raise res
+        elif isinstance(res, BaseException):  # one packed trial raised: it alone is FAILED
+            if len(members) == 1:
+                raise res
+            summary, status = {"error": f"{type(res).__name__}: {res}"}, "failed"
         else:
             summary, status = res, "finished"
         last = summary.pop("last_epoch", None) or {}
@@ -302,8 +304,8 @@ class SweepTracker:
             return
         if SUMMARY_KEY in result:
             summary = json.loads(result[SUMMARY_KEY])
-            status = summary.pop("status")
-            tracking.finish_trial(run, summary, diverged=status == "diverged")
+            status, error = summary.pop("status"), summary.pop("error", None)
+            tracking.finish_trial(run, summary, error=error, diverged=status == "diverged")
             del self.runs[ray_id][result["member"]]
         elif "epoch" in result:
             run.log_epoch({k: result[k] for k in result if k in _EPOCH_KEYS})

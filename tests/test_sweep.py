@@ -208,12 +208,17 @@ def test_expand_rejects_bad_trial_with_its_values(tmp_path):
 def test_packed_sweep_gives_each_trial_its_own_run(tmp_path, ray_session, client, tracking_uri):
     path = write_sweep(tmp_path, "grid-packed", grid={"label_noise": [0.0, 0.5, 1.0]}, seeds=[0, 1], pack=4)
     plan = expand(load_spec(path), path)
-    code, counts = run_sweep(plan, tracking_uri=tracking_uri, verbose=0)
-    assert code == 0 and counts["finished"] == 6
+    broken = plan.trials[1].name  # one packed trial fails; its pack-mates must still finish
+    code, counts = run_sweep(plan, tracking_uri=tracking_uri, inject_failure={broken: 2}, verbose=0)
+    assert code == 1 and counts["finished"] == 5 and counts["failed"] == 1
     runs = children(client, "grid-packed")
     assert sorted(r.info.run_name for r in runs) == sorted(t.name for t in plan.trials)
     ray_ids = {r.data.tags["rgsweep.ray_trial_id"] for r in runs}
     assert len(ray_ids) == 2  # 6 trials in packs of at most 4
     for r in runs:
+        if r.info.run_name == broken:
+            assert r.info.status == "FAILED" and "injected failure" in r.data.tags["rgsweep.error"]
+            continue
+        assert r.info.status == "FINISHED"
         assert len(client.get_metric_history(r.info.run_id, "train_acc")) == 2
         assert r.data.params["label_noise"] in {"0.0", "0.5", "1.0"}

@@ -1,0 +1,1 @@
+"""Benchmarks: rgsweep's loop vs the standard torchvision pipeline, trial packing, sweep overhead."""

@@ -1,0 +1,142 @@
+"""Trial packing: K trials trained together give each the metrics train() gives it alone."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from rgsweep.config import make_config
+from rgsweep.packed import check_packable, pack_groups, train_packed
+from rgsweep.train import DivergedError, train
+
+BASE = {"dataset": "synthetic", "epochs": 3, "device": "cpu", "preprocess": "standard", "fit_threshold": None}
+TIMES = {"epoch_time_s"}
+
+
+def configs(arch, trials, **kw):
+    return [make_config({**BASE, "arch": arch, **kw, **t}) for t in trials]
+
+
+def one_by_one(cfgs):
+    out = []
+    for c in cfgs:
+        reports: list[dict] = []
+        try:
+            summary = train(c, reports.append)
+        except DivergedError as e:
+            summary = e
+        out.append((summary, reports))
+    return out
+
+
+def packed(cfgs):
+    reports: list[list[dict]] = [[] for _ in cfgs]
+    results = train_packed(cfgs, [r.append for r in reports])
+    return list(zip(results, reports))
+
+
+def assert_same_curves(expected, got, loss_rtol, acc_atol):
+    for (_, exp), (_, rep) in zip(expected, got):
+        assert [m["epoch"] for m in rep] == [m["epoch"] for m in exp]
+        for a, b in zip(exp, rep):
+            assert set(a) == set(b)
+            for key in set(a) - TIMES:
+                if "loss" in key:
+                    assert b[key] == pytest.approx(a[key], rel=loss_rtol, abs=1e-5), key
+                else:
+                    assert b[key] == pytest.approx(a[key], abs=acc_atol), key
+
+
+SEEDS_AND_NOISE = [{"seed": 0, "label_noise": 0.0}, {"seed": 1, "label_noise": 0.5}, {"seed": 2, "label_noise": 1.0}]
+
+
+def test_mlp_packed_matches_one_by_one_per_epoch():
+    # Three label-noise levels share one input tensor; the shuffled-pixels trial has inputs of its own.
+    trials = [*SEEDS_AND_NOISE, {"seed": 0, "corruption": "shuffled_pixels", "corruption_seed": 3}]
+    cfgs = configs("mlp1x512", trials, lr=0.05)
+    expected, got = one_by_one(cfgs), packed(cfgs)
+    assert_same_curves(expected, got, loss_rtol=1e-4, acc_atol=1 / 600 + 1e-6)  # at most one sample flips
+    assert expected[0][1][-1]["train_acc"] == 1.0  # the clean trial learns; random labels do not generalise
+    assert expected[2][1][-1]["test_acc"] < 0.4
+    for (s_exp, _), (s_got, _) in zip(expected, got):
+        assert set(s_got) == set(s_exp) | {"pack_size"} and s_got["pack_size"] == 4
+        assert s_got["samples_trained"] == s_exp["samples_trained"] and s_got["stop_reason"] == "max_epochs"
+
+
+def test_convnet_with_augmentation_packed_matches_one_by_one():
+    # AlexNet (no BatchNorm): each trial's own generator draws its batch order and crops/flips.
+    cfgs = configs("alexnet", SEEDS_AND_NOISE, lr=0.01, augment=["crop", "flip"], epochs=2)
+    assert_same_curves(one_by_one(cfgs), packed(cfgs), loss_rtol=1e-4, acc_atol=1 / 600 + 1e-6)
+
+
+def test_batchnorm_running_statistics_are_per_trial():
+    # The cnn's BatchNorm buffers are stacked and updated per trial by the vmapped forward; eval-mode
+    # metrics use them. train() runs convnets channels_last, so float rounding differs a little more.
+    cfgs = configs("cnn", SEEDS_AND_NOISE[:2], lr=0.002, epochs=2)
+    assert_same_curves(one_by_one(cfgs), packed(cfgs), loss_rtol=1e-3, acc_atol=0.02)
+
+
+def test_each_trial_keeps_its_own_stop_rules():
+    trials = [
+        {"seed": 0, "fit_threshold": 0.99},  # clean labels: fits in a few epochs, then stops
+        {"seed": 0, "label_noise": 1.0, "fit_threshold": 0.99},  # random labels: runs to max epochs
+        {"seed": 1, "epochs": 2},  # its own epoch budget
+        {"seed": 2, "lr": 1e-7, "early_stopping": 1},  # nothing improves: stops early on val_acc
+    ]
+    cfgs = configs("mlp1x512", trials, lr=0.05, epochs=12, val_fraction=0.2)
+    expected, got = one_by_one(cfgs), packed(cfgs)
+    assert [s["stop_reason"] for s, _ in got] == ["fitted", "max_epochs", "max_epochs", "early_stopping"]
+    for (s_exp, r_exp), (s_got, r_got) in zip(expected, got):
+        assert len(r_got) == len(r_exp) == s_got["epochs_run"]
+        assert s_got["stop_reason"] == s_exp["stop_reason"]
+        assert s_got["epochs_to_fit"] == s_exp["epochs_to_fit"]
+        assert s_got["steps_to_fit"] == s_exp["steps_to_fit"]
+        assert {"val_acc", "val_loss"} <= set(r_got[-1])
+    assert got[0][0]["epochs_to_fit"] < 12 and len(got[1][1]) == 12 and len(got[2][1]) == 2
+    assert len(got[3][1]) < 12
+
+
+def test_diverged_and_stopped_trials_end_alone():
+    class Stop(Exception):
+        pass
+
+    def stop_at_2(m):
+        if m["epoch"] == 2:
+            raise Stop
+
+    cfgs = configs("mlp3x512", [{"lr": 0.05}, {"lr": 10.0, "momentum": 0.99}, {"lr": 0.05, "seed": 1}],
+                   epochs=8, preprocess="none")
+    seen: list[list[dict]] = [[], [], []]
+    results = train_packed(cfgs, [seen[0].append, seen[1].append, lambda m: (seen[2].append(m), stop_at_2(m))])
+    healthy, diverged, stopped = results
+    assert isinstance(diverged, DivergedError)
+    assert diverged.summary["stop_reason"] == "diverged"
+    assert not math.isfinite(seen[1][-1]["train_loss"]) and len(seen[1]) == diverged.epoch < 8
+    assert isinstance(stopped, Stop) and len(seen[2]) == 2
+    assert isinstance(healthy, dict) and healthy["epochs_run"] == 8 and len(seen[0]) == 8
+    assert all(math.isfinite(m["train_loss"]) for m in seen[0])  # the NaN trial never leaked into it
+    with pytest.raises(DivergedError):  # the same trial alone diverges too
+        train(cfgs[1])
+
+
+def test_incompatible_configs_are_refused_with_the_keys_that_differ():
+    cfgs = [make_config({**BASE, "arch": "mlp1x512"}), make_config({**BASE, "arch": "cnn", "batch_size": 64})]
+    with pytest.raises(ValueError, match="differ in arch, batch_size") as e:
+        train_packed(cfgs)
+    assert "seed" in str(e.value)  # says what may differ
+    with pytest.raises(ValueError, match="dropout"):
+        check_packable([make_config({**BASE, "dropout": 0.5})] * 2)
+    with pytest.raises(ValueError, match="report callbacks"):
+        train_packed(configs("mlp1x512", SEEDS_AND_NOISE), [None])
+
+
+def test_pack_groups_packs_compatible_trials_only():
+    a = configs("mlp1x512", [{"seed": s} for s in range(5)])
+    b = configs("mlp1x512", [{"seed": 0, "batch_size": 64}])  # another shape of step: its own pack
+    c = configs("mlp1x512", [{"seed": 0, "dropout": 0.5}, {"seed": 1, "dropout": 0.5}])  # never packed
+    d = configs("alexnet", [{"seed": 0}, {"seed": 1}])  # CPU convnets: packing does not pay, so alone
+    groups = pack_groups([*a, *b, *c, *d], size=2)
+    assert sorted(groups) == [[0, 1], [2, 3], [4], [5], [6], [7], [8], [9]]
+    with pytest.raises(ValueError):
+        pack_groups(a, size=0)
