@@ -519,9 +519,8 @@ def _parse_set(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def cmd_sweep(args: argparse.Namespace) -> int:
-    path = Path(args.file)
-    spec = load_spec(path)
+def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """Trial keys set on the command line (`--set`, `--dataset`, `--data-dir`, `--download`)."""
     overrides = _parse_set(args.set)
     if args.dataset:
         overrides["dataset"] = args.dataset
@@ -529,6 +528,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         overrides["data_dir"] = args.data_dir
     if args.download:
         overrides["download"] = True
+    return overrides
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    path = Path(args.file)
+    spec = load_spec(path)
+    overrides = overrides_from_args(args)
     plan = expand(spec, path, overrides, smoke=args.smoke)
     if args.cpus_per_trial or args.gpus_per_trial is not None:
         try:

@@ -75,11 +75,11 @@ from rgsweep.sweep import (
     SUMMARY_KEY,
     Resources,
     _Callback,
-    _parse_set,
     add_run_args,
     check_data,
     default_storage,
     fit_resources,
+    overrides_from_args,
     ui_hint,
 )
 
@@ -662,13 +662,7 @@ def describe(plan: TuningPlan, storage_url: str) -> str:
 def cmd_tune(args: argparse.Namespace) -> int:
     path = Path(args.file)
     spec = load_spec(path)
-    overrides = _parse_set(args.set)
-    if args.dataset:
-        overrides["dataset"] = args.dataset
-    if args.data_dir:
-        overrides["data_dir"] = args.data_dir
-    if args.download:
-        overrides["download"] = True
+    overrides = overrides_from_args(args)
     plan = plan_tuning(spec, path, overrides, smoke=args.smoke, n_trials=args.n_trials)
     if args.max_concurrent is not None and args.max_concurrent < 1:
         raise ConfigError(f"--max-concurrent must be >= 1, got {args.max_concurrent}")
