@@ -258,3 +258,13 @@ def test_a_large_batch_is_fast():
     assert out.shape == x.shape
     assert seconds < 10.0
     assert math.isfinite(out.sum().item())
+
+
+def test_crop_and_flip_fused_equal_flip_of_crop():
+    x = torch.randn(64, 3, 28, 28)
+    aug = Augment(["crop", "flip"])
+    fused = aug(x, torch.Generator().manual_seed(1))
+    g = torch.Generator().manual_seed(1)
+    separate = aug.flip(aug.crop(x, g), g)
+    assert torch.equal(fused, separate)
+    assert not torch.equal(fused, aug.crop(x, torch.Generator().manual_seed(1)))  # some samples flipped

@@ -119,9 +119,9 @@ class Augment:
         if not self.names:
             return x
         g = generator
-        if "crop" in self.names:
-            x = self.crop(x, g)
-        if "flip" in self.names:
+        if "crop" in self.names:  # with flip too, both happen in the crop's one gather
+            x = self.crop(x, g, flip="flip" in self.names)
+        elif "flip" in self.names:
             x = self.flip(x, g)
         if any(n in self.names for n in _WARPS):
             x = self.warp(x, g)
@@ -133,8 +133,12 @@ class Augment:
 
     # -- exact pixel moves -------------------------------------------------------------------------
 
-    def crop(self, x: Tensor, g: torch.Generator | None) -> Tensor:
-        """Random crop of the zero-padded image back to HxW: an integer shift in [-pad, pad]^2."""
+    def crop(self, x: Tensor, g: torch.Generator | None, flip: bool = False) -> Tensor:
+        """Random crop of the zero-padded image back to HxW: an integer shift in [-pad, pad]^2.
+
+        With `flip`, the horizontal flip is folded into the same gather (reading columns right to
+        left); it draws the same random numbers as `flip(crop(x))`, so the result is identical.
+        """
         b, c, h, w = x.shape
         p = self.crop_pad
         xp = F.pad(x, (p, p, p, p))
@@ -143,7 +147,11 @@ class Augment:
         # One gather on the flattened padded image with a per-sample index grid (fastest on CPU and
         # CUDA of the variants tried: two gathers, advanced indexing, unfold).
         r = dy[:, None, None] + torch.arange(h, device=x.device)[:, None]  # [B,H,1]
-        q = dx[:, None, None] + torch.arange(w, device=x.device)  # [B,1,W]
+        cols = torch.arange(w, device=x.device).expand(b, w)
+        if flip:
+            flipped = torch.rand(b, generator=g, device=x.device) < self.flip_p
+            cols = torch.where(flipped[:, None], cols.flip(1), cols)
+        q = dx[:, None, None] + cols[:, None, :]  # [B,1,W]
         idx = (r * (w + 2 * p) + q).view(b, 1, h * w).expand(b, c, h * w)
         return torch.gather(xp.reshape(b, c, -1), 2, idx).view(b, c, h, w)
 
