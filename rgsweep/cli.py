@@ -22,7 +22,7 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
-def _float_list(s: str) -> tuple[int, ...]:
+def _shape(s: str) -> tuple[int, ...]:
     try:
         return tuple(int(p) for p in s.split(","))
     except ValueError:
@@ -155,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("models", help="list the models with their parameter counts")
-    p.add_argument("--input-shape", type=_float_list, default=(3, 28, 28), help="C,H,W (default 3,28,28)")
+    p.add_argument("--input-shape", type=_shape, default=(3, 28, 28), help="C,H,W (default 3,28,28)")
     p.add_argument("--num-classes", type=int, default=10)
     p.set_defaults(func=cmd_models)
 

@@ -109,9 +109,9 @@ def run_trials(
     verbose: int = 1,
     parameters: dict[str, Any] | None = None,
     parameter_columns: list[str] | None = None,
-) -> tuple[int, int, int]:
-    """Run trials on Ray Tune; returns (terminated, errored, other) counts. Never raises for a failed
-    trial (failures are recorded by the callback); a SIGINT makes Tune stop the trials and return."""
+) -> None:
+    """Run trials on Ray Tune. Never raises for a failed trial (failures are recorded by the callback);
+    a SIGINT makes Tune stop the trials and return."""
     # Ray's classic reporter: a compact table every 30 s with the epoch metrics that matter, instead
     # of the new engine's per-trial boxes (which bury the table on sweeps of hundreds of trials).
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
@@ -145,16 +145,7 @@ def run_trials(
             progress_reporter=reporter if verbose else None,
         ),
     )
-    grid = tuner.fit()
-    done = errored = other = 0
-    for r in grid:
-        if r.error is not None:
-            errored += 1
-        elif r.metrics and r.metrics.get("done", False):
-            done += 1
-        else:
-            other += 1
-    return done, errored, other
+    tuner.fit()  # outcomes are read from MLflow, which the callback keeps; Ray's own view is not needed
 
 
 def trial_resources() -> dict[str, float]:
