@@ -13,6 +13,7 @@ works from the CLI, from a Ray driver callback, and from several threads.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import subprocess
@@ -103,7 +104,9 @@ def get_experiment_id(client: MlflowClient, name: str) -> str:
 
 
 # -- environment ----------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=1)
 def git_commit() -> str:
+    """The code's commit (with -dirty), read once per process: a sweep tags hundreds of runs."""
     try:
         out = subprocess.run(
             ["git", "rev-parse", "--short=12", "HEAD"],
