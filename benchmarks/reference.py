@@ -5,6 +5,12 @@ per image (ToTensor, CenterCrop(28), per-image standardisation, and RandomCrop(2
 RandomHorizontalFlip when augmenting), a DataLoader with two worker processes batches them, and the
 loop reads the running loss and accuracy back with `.item()` after every batch. Same model, batch size
 and optimiser as rgsweep's loop; no channels_last, autocast or other tuning: that is the point.
+
+"Same model" means the same architecture and parameters, written as a public reproduction writes it:
+rgsweep's AlexNet computes its local response normalisation as a banded matmul
+(`rgsweep.models.alexnet.LocalResponseNorm`, the same function) and max-pools before the ReLU;
+`standard_modules` puts torch's `nn.LocalResponseNorm` and the textbook conv -> ReLU -> pool order back.
+`modules="rgsweep"` keeps rgsweep's modules, to isolate the data path.
 """
 
 from __future__ import annotations
@@ -16,11 +22,31 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.utils.data import DataLoader, Subset
 from torchvision import datasets
 from torchvision import transforms as T
 
 from rgsweep.models import build_model
+from rgsweep.models.alexnet import LocalResponseNorm
+
+
+def standard_modules(model: nn.Module) -> nn.Module:
+    """The same function and parameters in the textbook form (in place): torch's `nn.LocalResponseNorm`
+    for rgsweep's banded one, and ReLU before max-pool (rgsweep pools first: ReLU commutes with max)."""
+    for name, child in model.named_children():
+        if isinstance(child, LocalResponseNorm):
+            setattr(model, name, nn.LocalResponseNorm(child.size, child.alpha, child.beta, child.k))
+        else:
+            standard_modules(child)
+    if isinstance(model, nn.Sequential):
+        layers = list(model)
+        for i in range(len(layers) - 1):
+            if isinstance(layers[i], nn.MaxPool2d) and isinstance(layers[i + 1], nn.ReLU):
+                layers[i], layers[i + 1] = layers[i + 1], layers[i]
+        for i, layer in enumerate(layers):
+            model[i] = layer
+    return model
 
 
 class PerImageStandardize:
@@ -50,7 +76,8 @@ def make_loader(root: Path, samples: int, augment: bool, batch_size: int = 128, 
 
 
 def time_reference(arch: str, root: Path, samples: int, augment: bool, device: torch.device,
-                   batch_size: int = 128, lr: float = 0.01, workers: int = 2, warmup_batches: int = 2) -> dict:
+                   batch_size: int = 128, lr: float = 0.01, workers: int = 2, warmup_batches: int = 2,
+                   modules: str = "standard") -> dict:
     """Train `arch` the standard way on `samples` images (whole epochs); samples/s of the timed part.
 
     A few untimed batches first start the workers and warm the allocator and oneDNN, as rgsweep's side
@@ -58,7 +85,10 @@ def time_reference(arch: str, root: Path, samples: int, augment: bool, device: t
     """
     loader, num_classes = make_loader(root, samples, augment, batch_size, workers)
     torch.manual_seed(0)
-    model = build_model(arch, (3, 28, 28), num_classes).to(device)
+    model = build_model(arch, (3, 28, 28), num_classes)
+    if modules == "standard":
+        model = standard_modules(model)
+    model = model.to(device)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
     n = len(loader.dataset)  # type: ignore[arg-type]
     epochs = max(1, math.ceil(samples / n))

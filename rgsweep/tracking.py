@@ -181,9 +181,19 @@ class RunTracker:
         retry(lambda: self.client.log_batch(self.run_id, metrics=batch))
 
     def log_epoch(self, metrics: dict[str, Any]) -> None:
-        step = int(metrics["epoch"])
-        self.history.append(_clean(metrics))
-        self.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=step)
+        self.log_epochs([metrics])
+
+    def log_epochs(self, epochs: list[dict[str, Any]]) -> None:
+        """Several epochs' metrics (each with its `epoch`, the step) in as few calls as MLflow allows."""
+        ts = int(time.time() * 1000)
+        batch: list[Metric] = []
+        for metrics in epochs:
+            clean = _clean(metrics)
+            self.history.append(clean)
+            step = int(metrics["epoch"])
+            batch += [Metric(k, v, ts, step) for k, v in clean.items() if k != "epoch"]
+        for i in range(0, len(batch), 1000):  # MLflow caps a batch at 1000 metrics
+            retry(lambda chunk=batch[i : i + 1000]: self.client.log_batch(self.run_id, metrics=chunk))
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         retry(lambda: self.client.log_artifact(self.run_id, str(path), artifact_path))
@@ -216,6 +226,9 @@ def plot_learning_curve(history: list[dict[str, float]], path: Path) -> None:
 
     epochs = [h.get("epoch", i + 1) for i, h in enumerate(history)]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5))
+    # Fixed margins rather than tight_layout, which measures every tick label: the plot is drawn in the
+    # sweep driver once per trial, and this halves it (0.6 -> 0.3 s).
+    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.15, top=0.95, wspace=0.25)
     for key in ("train_loss", "test_loss"):
         ax1.plot(epochs, [h.get(key, math.nan) for h in history], label=key)
     for key in ("train_acc", "test_acc", "train_acc_clean", "train_acc_noisy"):
@@ -225,7 +238,6 @@ def plot_learning_curve(history: list[dict[str, float]], path: Path) -> None:
     ax2.set(xlabel="epoch", ylabel="accuracy", ylim=(0, 1.02))
     ax1.legend()
     ax2.legend()
-    fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
 

@@ -268,3 +268,15 @@ def test_crop_and_flip_fused_equal_flip_of_crop():
     separate = aug.flip(aug.crop(x, g), g)
     assert torch.equal(fused, separate)
     assert not torch.equal(fused, aug.crop(x, torch.Generator().manual_seed(1)))  # some samples flipped
+
+
+def test_crop_by_nearest_sampling_equals_the_gather_path():
+    # float32 crops go through a nearest-neighbour grid_sample, other dtypes through one gather on the
+    # padded image; both must pick exactly the same pixels (odd and non-square sizes included).
+    for shape in [(64, 3, 28, 28), (32, 1, 8, 8), (16, 2, 9, 13)]:
+        x = torch.randint(-1000, 1000, shape).float()
+        aug = Augment(["crop", "flip"])
+        fast = aug(x, torch.Generator().manual_seed(3))
+        gathered = aug(x.to(torch.int64), torch.Generator().manual_seed(3))
+        assert fast.dtype == torch.float32
+        assert torch.equal(fast, gathered.float())

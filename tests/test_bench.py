@@ -65,3 +65,18 @@ def test_bench_runs_as_a_script():
     done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench.py"), "--help"],
                           capture_output=True, text=True, cwd=REPO.parent, timeout=120)
     assert done.returncode == 0 and "--packing" in done.stdout
+
+
+def test_reference_standard_modules_compute_the_same_function():
+    from benchmarks.reference import standard_modules
+    from rgsweep.models import build_model
+
+    torch.manual_seed(0)
+    ours = build_model("alexnet", (3, 28, 28), 10).double()
+    ref = standard_modules(build_model("alexnet", (3, 28, 28), 10).double())
+    ref.load_state_dict(ours.state_dict())
+    kinds = [type(m).__name__ for m in ref.features]
+    assert kinds[:4] == ["Conv2d", "ReLU", "MaxPool2d", "LocalResponseNorm"]
+    assert type(ref.features[3]) is torch.nn.LocalResponseNorm  # torch's own module, not rgsweep's
+    x = torch.randn(8, 3, 28, 28, dtype=torch.float64)
+    torch.testing.assert_close(ours(x), ref(x), rtol=1e-10, atol=1e-12)

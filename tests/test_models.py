@@ -154,3 +154,23 @@ def test_channels_last_and_bf16_autocast(arch: str) -> None:
     torch.testing.assert_close(channels_last, reference, rtol=1e-4, atol=1e-5)
     assert low.dtype == torch.bfloat16
     torch.testing.assert_close(low.float(), reference, rtol=0.1, atol=0.1)
+
+
+@pytest.mark.parametrize("beta", [0.75, 0.6])
+def test_banded_lrn_matches_torchs_local_response_norm(beta):
+    # rgsweep's LRN (a banded matmul with a hand-written backward, r*sqrt(r) for beta 0.75) against
+    # torch's stock module: the same function and the same input gradient, in float64.
+    from torch import nn
+
+    from rgsweep.models.alexnet import LocalResponseNorm
+
+    torch.manual_seed(0)
+    x = (torch.randn(4, 64, 7, 5, dtype=torch.float64) * 3).contiguous(memory_format=torch.channels_last)
+    ours, stock = LocalResponseNorm(9, 0.001, beta, 1.0), nn.LocalResponseNorm(9, 0.001, beta, 1.0)
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya, yb = ours(xa), stock(xb)
+    torch.testing.assert_close(ya, yb, rtol=1e-12, atol=1e-12)
+    g = torch.randn_like(ya)
+    (ya * g).sum().backward()
+    (yb * g).sum().backward()
+    torch.testing.assert_close(xa.grad, xb.grad, rtol=1e-10, atol=1e-12)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -222,3 +223,43 @@ def test_packed_sweep_gives_each_trial_its_own_run(tmp_path, ray_session, client
         assert r.info.status == "FINISHED"
         assert len(client.get_metric_history(r.info.run_id, "train_acc")) == 2
         assert r.data.params["label_noise"] in {"0.0", "0.5", "1.0"}
+
+
+def test_epoch_buffer_sends_the_first_epoch_then_batches_until_flush():
+    from rgsweep.sweep import EPOCHS_KEY, EpochBuffer
+
+    sent: list[dict] = []
+    buf = EpochBuffer("t", sent.append, interval=3600)
+    for e in range(1, 6):
+        buf({"epoch": e, "train_acc": e / 10})
+    assert len(sent) == 1 and [m["epoch"] for m in json.loads(sent[0][EPOCHS_KEY])] == [1]
+    buf.flush()
+    assert len(sent) == 2 and sent[1]["member"] == "t" and sent[1]["epoch"] == 5  # newest on top
+    assert [m["epoch"] for m in json.loads(sent[1][EPOCHS_KEY])] == [2, 3, 4, 5]
+    buf.flush()
+    assert len(sent) == 2  # nothing pending, nothing sent
+    every = EpochBuffer("u", sent.append, interval=0)
+    every({"epoch": 1})
+    every({"epoch": 2})
+    assert len(sent) == 4
+    failing = EpochBuffer("v", sent.append, fail_at=3, interval=3600)
+    failing({"epoch": 1})
+    failing({"epoch": 2})
+    with pytest.raises(RuntimeError, match="injected failure at epoch 3"):
+        failing({"epoch": 3})
+    failing.flush()
+    assert [m["epoch"] for m in json.loads(sent[-1][EPOCHS_KEY])] == [2]  # the epoch before the failure
+
+
+def test_fast_epochs_batched_to_the_driver_are_each_a_step(tmp_path, ray_session, client, tracking_uri):
+    # 40 digits epochs of a tiny MLP take well under the report interval: they reach the driver in a few
+    # batches, and MLflow still has every epoch as its own step, also for a trial that fails midway.
+    path = write_sweep(tmp_path, "grid-fast", grid={"label_noise": [0.0, 1.0]})
+    plan = expand(load_spec(path), path, overrides={"epochs": 40, "dataset": "digits"})
+    broken = plan.trials[1].name
+    code, counts = run_sweep(plan, tracking_uri=tracking_uri, inject_failure={broken: 31}, verbose=0)
+    assert code == 1 and counts["finished"] == 1 and counts["failed"] == 1
+    for r in children(client, "grid-fast"):
+        steps = [m.step for m in client.get_metric_history(r.info.run_id, "train_loss")]
+        expected = list(range(1, 31)) if r.info.run_name == broken else list(range(1, 41))
+        assert sorted(steps) == expected, r.info.run_name
