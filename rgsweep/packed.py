@@ -174,15 +174,27 @@ class _StackedOptimizer:
                 denom = (v.sqrt() / math.sqrt(bc2)).add_(ADAM_EPS)
                 p.sub_(m / denom * self._view(lr / bc1, p))
             return
+        # One momentum shared by every trial (the usual case) scales by a number, not a broadcast tensor.
+        mom = self.momentum
+        shared = self._shared_momentum
+        neg_lr = -lr
         for p, buf in zip(self.params, self.state[0]):
             g = p.grad if not self.use_wd else p.grad.add(p * self._view(self.wd, p))
             if self.use_momentum:
-                g = buf.mul_(self._view(self.momentum, p)).add_(g)
-            p.sub_(g * self._view(lr, p))
+                g = (buf.mul_(shared) if shared is not None else buf.mul_(self._view(mom, p))).add_(g)
+            p.addcmul_(g, self._view(neg_lr, p))
+
+    @property
+    def _shared_momentum(self) -> float | None:
+        if not hasattr(self, "_shared"):  # read once (a host read), and again after `keep`
+            m = self.momentum.tolist()
+            self._shared = m[0] if all(v == m[0] for v in m) else None
+        return self._shared
 
     def keep(self, keep: Tensor, params: list[Tensor]) -> None:
         self.params = params
         self.momentum, self.wd = self.momentum[keep], self.wd[keep]
+        self.__dict__.pop("_shared", None)
         self.state = [[s[keep] for s in group] for group in self.state]
 
 
@@ -398,6 +410,24 @@ def _vmap_forward(base: torch.nn.Module, names: list[str]) -> Callable:
     return forward
 
 
+class _PackedLinear(torch.autograd.Function):
+    """y = x @ w^T + b for K stacked layers (x [K,B,in], w [K,out,in], b [K,out]), with a hand-written
+    backward whose weight gradient comes out of one bmm already in w's layout. Autograd through
+    baddbmm(b, x, w.transpose) computes it transposed and then copies it, and takes the layer-2 gradient
+    through a [K,512,B] @ [K,B,10] bmm that MKL runs at a tenth of its speed: 1.6x per packed digits step."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, w: Tensor, b: Tensor) -> Tensor:
+        ctx.save_for_backward(x, w)
+        return torch.baddbmm(b.unsqueeze(1), x, w.transpose(1, 2))
+
+    @staticmethod
+    def backward(ctx, g: Tensor):
+        x, w = ctx.saved_tensors
+        gx = torch.bmm(g, w) if ctx.needs_input_grad[0] else None
+        return gx, torch.bmm(g.transpose(1, 2), x), g.sum(1)
+
+
 def _mlp_forward(base: torch.nn.Module, names: list[str]) -> Callable | None:
     """Plain MLPs (Flatten, Linear, ReLU only) as baddbmm chains: the bias add fused into the matmul and
     every activation contiguous [K, B, width], about twice as fast per step as the vmap route on a CPU."""
@@ -415,7 +445,7 @@ def _mlp_forward(base: torch.nn.Module, names: list[str]) -> Callable | None:
         h = x.flatten(2)
         for j, relu in enumerate(relu_after):
             w, b = params[2 * j], params[2 * j + 1]
-            h = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
+            h = _PackedLinear.apply(h, w, b)
             if relu:
                 h = h.relu_()
         return h

@@ -192,7 +192,8 @@ def trainable(config: dict[str, Any], payloads: dict[str, dict[str, Any]]) -> No
     members = payload["members"]
 
     configs = [TrialConfig(**m["config"]) for m in members]
-    reports = [EpochBuffer(m["name"], raytune.report, m.get("inject_failure")) for m in members]
+    interval = payload.get("report_interval", REPORT_INTERVAL_S)
+    reports = [EpochBuffer(m["name"], raytune.report, m.get("inject_failure"), interval) for m in members]
     try:
         if len(members) == 1:
             try:
@@ -460,8 +461,10 @@ def run_sweep(
     num_cpus: int | None = None,
     inject_failure: dict[str, int] | None = None,
     verbose: int = 1,
+    report_interval: float = REPORT_INTERVAL_S,
 ) -> tuple[int, dict[str, int]]:
-    """Run (or resume) a sweep; returns (exit code, counts)."""
+    """Run (or resume) a sweep; returns (exit code, counts). Trials send their epochs to the driver at
+    most every `report_interval` seconds (0: every epoch, one round trip each; see EpochBuffer)."""
     from rgsweep import raytune
 
     tracker = SweepTracker(plan, tracking_uri, resume, rerun_failed)
@@ -471,6 +474,8 @@ def run_sweep(
     interrupted = False
     if todo:
         payloads = make_payloads(todo, plan.spec.pack, inject_failure)
+        for p in payloads.values():
+            p["report_interval"] = report_interval
         res = plan.spec.resources
         storage = storage_path or os.environ.get("RGSWEEP_STORAGE") or default_storage(tracker.uri)
         started = raytune.start_ray(ray_address, num_cpus=num_cpus)
