@@ -64,6 +64,9 @@ CPU_SAMPLES = {"mlp1x512": 10000, "alexnet": 1536, "resnet18": 256}
 GPU_SAMPLES = {"mlp1x512": 20000, "alexnet": 20000, "resnet18": 10000}
 BATCH = 128
 AUGMENT = ["crop", "flip"]
+# The goals of issue 6, with augmentation on: (ratio to the reference, % of the matmul peak) per model.
+CPU_GOALS = {"mlp1x512": (10.0, 80.0), "alexnet": (2.0, 65.0)}
+CUDA_GOALS = {m: (10.0, None) for m in MODELS}
 
 
 # -- data -----------------------------------------------------------------------------------------
@@ -217,6 +220,28 @@ def format_row(r: dict[str, Any]) -> str:
             f"{r['rgsweep_pct_peak']:>13.0f}% {r['reference_pct_peak']:>15.0f}%")
 
 
+def print_goals(rows: list[dict[str, Any]], goals: dict[str, tuple[float, float | None]]) -> None:
+    """Each goal against its figure, and the % of peak a ratio goal needs at the reference's measured
+    speed (ratio x reference samples/s x FLOPs per sample / peak): above 100% it cannot be met."""
+    lines = []
+    for r in rows:
+        if r["augment"] == "none" or r["model"] not in goals:
+            continue
+        ratio_goal, pct_goal = goals[r["model"]]
+        needed = r["reference_pct_peak"] * ratio_goal
+        r.update(goal_ratio=ratio_goal, goal_pct_peak=pct_goal, pct_peak_needed_for_ratio_goal=needed)
+        ok = lambda met: "met" if met else "missed"
+        text = (f"  {r['model']:<10} ratio {r['ratio']:.2f}x, goal {ratio_goal:g}x: {ok(r['ratio'] >= ratio_goal)} "
+                f"({ratio_goal:g}x the reference needs {needed:.0f}% of peak)")
+        if pct_goal is not None:
+            pct = r["rgsweep_pct_peak"]
+            text += f"; {pct:.0f}% of peak, goal {pct_goal:g}%: {ok(pct >= pct_goal)}"
+        lines.append(text)
+    if lines:
+        print("\ngoals (augmentation on):")
+        print("\n".join(lines))
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.bench", description=__doc__.split("\n")[0])
     p.add_argument("--models", default=",".join(MODELS), help="comma-separated architectures")
@@ -301,6 +326,7 @@ def run(args: argparse.Namespace, device: torch.device, root: Path, source: str)
         print(HEADER)
         for r in result["rows"]:
             print(format_row(r))
+        print_goals(result["rows"], CUDA_GOALS if device.type == "cuda" else CPU_GOALS)
         for r in result["rows"]:
             if "ratio_data_path" in r:
                 print(f"{r['model']} ({r['augment']}): the reference pipeline on rgsweep's own modules runs "

@@ -39,6 +39,10 @@ def test_quick_bench_writes_the_table_and_json(tmp_path, capsys):
         assert 4.5e6 < r["flops_per_sample"] < 7.5e6
         pct = 100 * r["flops_per_sample"] * r["rgsweep_samples_per_s"] / result["peak_flops"]
         assert abs(r["rgsweep_pct_peak"] - pct) < 1e-6 * pct
+    aug = rows[1]  # the goals are stated with augmentation on; what 10x needs follows from the reference
+    assert aug["goal_ratio"] == 10 and aug["goal_pct_peak"] == 80 and "goal_ratio" not in rows[0]
+    assert abs(aug["pct_peak_needed_for_ratio_goal"] - 10 * aug["reference_pct_peak"]) < 1e-9
+    assert "goals (augmentation on):" in printed
     packing = result["packing"]["rows"]
     assert [p["model"] for p in packing] == ["mlp1x512", "cnn"]
     for p in packing:
