@@ -89,7 +89,7 @@ def measure(sizes: tuple[int, int] = (2, 6), epochs: int = 3, long_epochs: int =
         started = raytune.start_ray(num_cpus=2)
         ray_s = time.perf_counter() - t0
         try:
-            run_one(folder, uri, 1, 1)  # warm-up: the session's first trial pays for worker start and imports
+            run_one(folder, uri, 1, 1, tag="-warmup")  # the session's first trial pays for worker start, imports
             runs = [run_one(folder, uri, n, epochs) for n in sizes]
             per_epoch = [run_one(folder, uri, 2, long_epochs, "digits", interval, tag)
                          for interval, tag in ((0.0, "-every-epoch"), (None, "-batched"))] if long_epochs else []

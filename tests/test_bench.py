@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -84,3 +86,21 @@ def test_reference_standard_modules_compute_the_same_function():
     assert type(ref.features[3]) is torch.nn.LocalResponseNorm  # torch's own module, not rgsweep's
     x = torch.randn(8, 3, 28, 28, dtype=torch.float64)
     torch.testing.assert_close(ours(x), ref(x), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.slow
+def test_sweep_overhead_measures_real_sweeps_and_logs_every_epoch(ray_session):
+    # Real tiny sweeps (Ray Tune + a temp SQLite MLflow store): every trial finishes, the per-trial and
+    # fixed costs come out of two sweep sizes, and the per-epoch runs log every epoch as its own step
+    # whether epochs reach the driver one by one or batched.
+    from benchmarks import sweep_overhead
+
+    result = sweep_overhead.measure(sizes=(1, 2), epochs=1, long_epochs=12)
+    assert [r["trials"] for r in result["sweeps"]] == [1, 2]
+    for r in result["sweeps"] + result["per_epoch"]:
+        assert r["exit_code"] == 0 and r["finished"] == r["trials"] == r["child_runs"]
+        assert r["wall_s"] > r["sum_train_time_s"] > 0
+    every, batched = result["per_epoch"]
+    assert every["report_interval_s"] == 0 and batched["report_interval_s"] > 0
+    assert every["epochs_logged"] == batched["epochs_logged"] == 2 * 12
+    assert math.isfinite(result["marginal_overhead_per_trial_s"]) and result["ray_start_s"] >= 0
