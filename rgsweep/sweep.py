@@ -50,6 +50,9 @@ SUMMARY_KEY = "rgsweep_summary"
 DEFAULT_SMOKE = {"dataset": "synthetic", "data_dir": None, "subset": None, "epochs": 2, "download": False}
 
 
+PACK_MAX = 256
+
+
 class Resources(BaseModel):
     model_config = ConfigDict(extra="forbid")
     cpu: float = Field(1.0, gt=0)  # CPU cores per trial; also the trial's torch thread count
@@ -67,7 +70,7 @@ class SweepSpec(BaseModel):
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     resources: Resources = Field(default_factory=Resources)
     max_concurrent: int | None = Field(None, ge=1)
-    pack: int = Field(1, ge=1, le=256)
+    pack: int = Field(1, ge=1, le=PACK_MAX)
     smoke: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("grid")
@@ -341,9 +344,9 @@ class SweepTracker:
             tracking.finish_trial(run, summary, error=error, diverged=status == "diverged")
             del self.runs[ray_id][result["member"]]
         elif EPOCHS_KEY in result:
-            run.log_epochs([{k: v for k, v in m.items() if k in _EPOCH_KEYS} for m in json.loads(result[EPOCHS_KEY])])
+            run.log_epochs([{k: v for k, v in m.items() if k in EPOCH_KEYS} for m in json.loads(result[EPOCHS_KEY])])
         elif "epoch" in result:
-            run.log_epoch({k: result[k] for k in result if k in _EPOCH_KEYS})
+            run.log_epoch({k: result[k] for k in result if k in EPOCH_KEYS})
 
     def trial_errored(self, ray_id: str, error: str) -> None:
         for run in self.runs.pop(ray_id, {}).values():
@@ -389,13 +392,13 @@ class SweepTracker:
         return c
 
 
-_EPOCH_KEYS = {
+EPOCH_KEYS = {
     "epoch", "train_loss", "train_acc", "train_acc_clean", "train_acc_noisy", "test_loss", "test_acc",
     "gen_gap", "lr", "epoch_time_s", "steps", "val_loss", "val_acc",
 }
 
 
-class _Callback:
+class TrackerCallback:
     """Factory for the Ray callback bound to a SweepTracker (defined lazily: Ray imports stay in raytune)."""
 
     @staticmethod
@@ -476,6 +479,8 @@ def run_sweep(
         payloads = make_payloads(todo, plan.spec.pack, inject_failure)
         for p in payloads.values():
             p["report_interval"] = report_interval
+        if len(payloads) < len(todo):
+            print(f"packing: {len(todo)} trials in {len(payloads)} Ray trials (pack: {plan.spec.pack})", flush=True)
         res = plan.spec.resources
         storage = storage_path or os.environ.get("RGSWEEP_STORAGE") or default_storage(tracker.uri)
         started = raytune.start_ray(ray_address, num_cpus=num_cpus)
@@ -484,7 +489,7 @@ def run_sweep(
             raytune.run_trials(
                 trainable, name=f"{plan.spec.name}-{time.strftime('%Y%m%d-%H%M%S')}",
                 storage_path=storage, resources=resources,
-                callbacks=[_Callback.make(tracker)], payloads=payloads,
+                callbacks=[TrackerCallback.make(tracker)], payloads=payloads,
                 max_concurrent=max_concurrent or plan.spec.max_concurrent, verbose=verbose,
             )
         except KeyboardInterrupt:
@@ -548,7 +553,7 @@ def default_storage(uri: str) -> str:
     return str(base / "ray")
 
 
-def _parse_set(items: list[str]) -> dict[str, Any]:
+def parse_set(items: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in items or []:
         if "=" not in item:
@@ -560,7 +565,7 @@ def _parse_set(items: list[str]) -> dict[str, Any]:
 
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """Trial keys set on the command line (`--set`, `--dataset`, `--data-dir`, `--download`)."""
-    overrides = _parse_set(args.set)
+    overrides = parse_set(args.set)
     if args.dataset:
         overrides["dataset"] = args.dataset
     if args.data_dir:
@@ -585,10 +590,17 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             raise ConfigError(f"--cpus-per-trial/--gpus-per-trial: {e.errors()[0]['msg']}") from None
     if args.max_concurrent is not None and args.max_concurrent < 1:
         raise ConfigError(f"--max-concurrent must be >= 1, got {args.max_concurrent}")
+    if args.pack is not None:
+        if not 1 <= args.pack <= PACK_MAX:
+            raise ConfigError(f"--pack must be between 1 and {PACK_MAX} (trials trained together), got {args.pack}")
+        plan.spec.pack = args.pack
     if args.dry_run:
         for t in plan.trials:
             print(f"{t.name:<48} {t.key}  " + " ".join(f"{k}={_fmt_value(v)}" for k, v in t.swept.items()))
         print(f"{len(plan.trials)} trials (experiment {plan.experiment!r}, swept: {', '.join(plan.swept_keys)})")
+        if plan.spec.pack > 1:
+            n_ray = len(make_payloads(plan.trials, plan.spec.pack))
+            print(f"packing: {len(plan.trials)} trials in {n_ray} Ray trials (pack: {plan.spec.pack})")
         return 0
     if not (args.ray_address or os.environ.get("RAY_ADDRESS")):
         # A missing dataset fails here, before Ray starts and before any run exists.
@@ -639,6 +651,7 @@ def register(sub: Any) -> None:
     p.add_argument("--rerun-failed", action="store_true", help="with --resume: run FAILED trials again")
     p.add_argument("--cpus-per-trial", type=float, help="override resources.cpu")
     p.add_argument("--gpus-per-trial", type=float, help="override resources.gpu (fractions share a GPU)")
+    p.add_argument("--pack", type=int, help="override pack: train up to this many compatible trials together")
     add_run_args(p)
     p.set_defaults(func=cmd_sweep)
 

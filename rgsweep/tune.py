@@ -70,11 +70,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from rgsweep import tracking
 from rgsweep.config import ConfigError, TrialConfig, load_yaml, make_config
 from rgsweep.sweep import (
-    _EPOCH_KEYS,
     DEFAULT_SMOKE,
+    EPOCH_KEYS,
     SUMMARY_KEY,
     Resources,
-    _Callback,
+    TrackerCallback,
     add_run_args,
     check_data,
     default_storage,
@@ -428,7 +428,7 @@ class StudyTracker:
             tracking.finish_trial(run, summary, diverged=diverged)
             del self.runs[ray_id]
         elif "epoch" in result:
-            run.log_epoch({k: result[k] for k in result if k in _EPOCH_KEYS})
+            run.log_epoch({k: result[k] for k in result if k in EPOCH_KEYS})
             self.last_epoch[ray_id] = int(result["epoch"])
 
     def trial_completed(self, ray_id: str) -> None:
@@ -584,7 +584,7 @@ def run_tune(
         raytune.run_trials(
             trainable, name=f"{plan.study}-{time.strftime('%Y%m%d-%H%M%S')}",
             storage_path=storage_path or os.environ.get("RGSWEEP_STORAGE") or default_storage(tracker.uri),
-            resources=resources, callbacks=[_Callback.make(tracker)], search_alg=searcher, scheduler=scheduler,
+            resources=resources, callbacks=[TrackerCallback.make(tracker)], search_alg=searcher, scheduler=scheduler,
             num_samples=plan.n_trials, max_concurrent=max_concurrent or plan.spec.max_concurrent,
             parameters={"base": tracker.base}, parameter_columns=list(plan.space), verbose=verbose,
         )

@@ -263,3 +263,14 @@ def test_fast_epochs_batched_to_the_driver_are_each_a_step(tmp_path, ray_session
         steps = [m.step for m in client.get_metric_history(r.info.run_id, "train_loss")]
         expected = list(range(1, 31)) if r.info.run_name == broken else list(range(1, 41))
         assert sorted(steps) == expected, r.info.run_name
+
+
+def test_pack_option_is_checked_and_overrides_the_file(tmp_path, capsys, client, tracking_uri):
+    path = write_sweep(tmp_path, "cli-pack", grid={"label_noise": [0.0, 0.5, 1.0]}, seeds=[0, 1])
+    assert main(["sweep", str(path), "--pack", "0", "--tracking-uri", tracking_uri]) == 2
+    assert "--pack must be between 1 and 256" in capsys.readouterr().err
+    assert children(client, "cli-pack") == []
+    assert main(["sweep", str(path), "--pack", "4", "--dry-run"]) == 0
+    assert "packing: 6 trials in 2 Ray trials (pack: 4)" in capsys.readouterr().out
+    assert main(["sweep", str(path), "--dry-run"]) == 0
+    assert "packing:" not in capsys.readouterr().out  # the file says pack: 1
