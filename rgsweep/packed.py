@@ -423,7 +423,10 @@ class _PackedLinear(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g: Tensor):
-        x, w = ctx.saved_tensors
+        # Under autocast (bf16 on CUDA) the forward saw cast copies of x and w but saved the originals,
+        # and the backward runs outside autocast: compute in the gradient's dtype (a no-op in fp32);
+        # autograd casts each gradient back to its input's dtype.
+        x, w = (t.to(g.dtype) for t in ctx.saved_tensors)
         gx = torch.bmm(g, w) if ctx.needs_input_grad[0] else None
         return gx, torch.bmm(g.transpose(1, 2), x), g.sum(1)
 

@@ -50,7 +50,7 @@ SUMMARY_KEY = "rgsweep_summary"
 DEFAULT_SMOKE = {"dataset": "synthetic", "data_dir": None, "subset": None, "epochs": 2, "download": False}
 
 
-PACK_MAX = 256
+PACK_MAX = 256  # trials trained together in one Ray trial, at most
 
 
 class Resources(BaseModel):
@@ -233,7 +233,8 @@ class EpochBuffer:
     """A trial's per-epoch `report`, sending its epochs to the driver in batches.
 
     A Ray report is a round trip to the driver (the trial waits for it), and the driver then writes the
-    epoch to MLflow: about 40 ms an epoch on a 2-core machine, more than a digits epoch takes to train.
+    epoch to MLflow: 17 ms an epoch on a 2-core machine, ~40 ms with two trials running beside the
+    driver, more than a digits epoch takes to train (benchmarks/sweep_overhead.py).
     So epochs are sent together, at most every `interval` seconds (the first epoch at once, so Ray's
     table fills in), and the driver logs each batch in one MLflow call. Every epoch still becomes its
     own MLflow step; `flush` sends what is left (the trainable calls it before the summary and when

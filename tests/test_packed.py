@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
+import torch
 
 from rgsweep.config import make_config
 from rgsweep.packed import check_packable, pack_groups, train_packed
@@ -140,3 +141,24 @@ def test_pack_groups_packs_compatible_trials_only():
     assert sorted(groups) == [[0, 1], [2, 3], [4], [5], [6], [7], [8], [9]]
     with pytest.raises(ValueError):
         pack_groups(a, size=0)
+
+
+def test_packed_linear_backward_under_autocast():
+    # The stacked MLP layer's own backward under bf16 autocast (as on CUDA; CPU autocast here): gradients
+    # come back in the parameters' dtype and agree with float32 within bf16 rounding.
+    from rgsweep.packed import _PackedLinear
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 16, 32)
+    w = torch.randn(3, 8, 32, requires_grad=True)
+    b = torch.randn(3, 8, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = _PackedLinear.apply(x, w, b)
+    assert y.dtype == torch.bfloat16
+    y.float().square().sum().backward()
+    gw, gb = w.grad.clone(), b.grad.clone()
+    assert gw.dtype == gb.dtype == torch.float32
+    w.grad = b.grad = None
+    _PackedLinear.apply(x, w, b).square().sum().backward()
+    torch.testing.assert_close(gw, w.grad, rtol=0.05, atol=0.5)
+    torch.testing.assert_close(gb, b.grad, rtol=0.05, atol=0.5)
