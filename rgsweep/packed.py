@@ -153,6 +153,8 @@ class _StackedOptimizer:
         self.momentum = torch.tensor([c.momentum for c in configs], device=device)
         self.wd = torch.tensor([c.weight_decay for c in configs], device=device)
         self.use_momentum = not self.adam and any(c.momentum > 0 for c in configs)
+        # One momentum for every trial (the usual case) scales by a number, not a broadcast tensor.
+        self.shared_momentum = configs[0].momentum if len({c.momentum for c in configs}) == 1 else None
         self.use_wd = any(c.weight_decay > 0 for c in configs)
         self.state = [[torch.zeros_like(p) for p in params] for _ in range(2 if self.adam else 1)]
         self.steps = 0
@@ -174,27 +176,18 @@ class _StackedOptimizer:
                 denom = (v.sqrt() / math.sqrt(bc2)).add_(ADAM_EPS)
                 p.sub_(m / denom * self._view(lr / bc1, p))
             return
-        # One momentum shared by every trial (the usual case) scales by a number, not a broadcast tensor.
-        mom = self.momentum
-        shared = self._shared_momentum
         neg_lr = -lr
         for p, buf in zip(self.params, self.state[0]):
             g = p.grad if not self.use_wd else p.grad.add(p * self._view(self.wd, p))
             if self.use_momentum:
-                g = (buf.mul_(shared) if shared is not None else buf.mul_(self._view(mom, p))).add_(g)
+                mom = self.shared_momentum if self.shared_momentum is not None else self._view(self.momentum, p)
+                g = buf.mul_(mom).add_(g)
             p.addcmul_(g, self._view(neg_lr, p))
 
-    @property
-    def _shared_momentum(self) -> float | None:
-        if not hasattr(self, "_shared"):  # read once (a host read), and again after `keep`
-            m = self.momentum.tolist()
-            self._shared = m[0] if all(v == m[0] for v in m) else None
-        return self._shared
-
     def keep(self, keep: Tensor, params: list[Tensor]) -> None:
+        """Keep the rows `keep` (a subset of trials: a shared momentum stays shared)."""
         self.params = params
         self.momentum, self.wd = self.momentum[keep], self.wd[keep]
-        self.__dict__.pop("_shared", None)
         self.state = [[s[keep] for s in group] for group in self.state]
 
 
