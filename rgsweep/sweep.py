@@ -344,10 +344,8 @@ class SweepTracker:
             status, error = summary.pop("status"), summary.pop("error", None)
             tracking.finish_trial(run, summary, error=error, diverged=status == "diverged")
             del self.runs[ray_id][result["member"]]
-        elif EPOCHS_KEY in result:
+        elif EPOCHS_KEY in result:  # a batch of epochs from the trial's EpochBuffer
             run.log_epochs([{k: v for k, v in m.items() if k in EPOCH_KEYS} for m in json.loads(result[EPOCHS_KEY])])
-        elif "epoch" in result:
-            run.log_epoch({k: result[k] for k in result if k in EPOCH_KEYS})
 
     def trial_errored(self, ray_id: str, error: str) -> None:
         for run in self.runs.pop(ray_id, {}).values():
@@ -481,7 +479,7 @@ def run_sweep(
         for p in payloads.values():
             p["report_interval"] = report_interval
         if len(payloads) < len(todo):
-            print(f"packing: {len(todo)} trials in {len(payloads)} Ray trials (pack: {plan.spec.pack})", flush=True)
+            print(packing_line(len(todo), len(payloads), plan.spec.pack), flush=True)
         res = plan.spec.resources
         storage = storage_path or os.environ.get("RGSWEEP_STORAGE") or default_storage(tracker.uri)
         started = raytune.start_ray(ray_address, num_cpus=num_cpus)
@@ -533,6 +531,10 @@ def make_payloads(
             members.append(m)
         payloads[PACK_SEP.join(m["name"] for m in members)] = {"members": members}
     return payloads
+
+
+def packing_line(n_trials: int, n_ray: int, pack: int) -> str:
+    return f"packing: {n_trials} trials in {n_ray} Ray trials (pack: {pack})"
 
 
 def fit_resources(wanted: dict[str, float], cluster: dict[str, float]) -> dict[str, float]:
@@ -600,8 +602,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             print(f"{t.name:<48} {t.key}  " + " ".join(f"{k}={_fmt_value(v)}" for k, v in t.swept.items()))
         print(f"{len(plan.trials)} trials (experiment {plan.experiment!r}, swept: {', '.join(plan.swept_keys)})")
         if plan.spec.pack > 1:
-            n_ray = len(make_payloads(plan.trials, plan.spec.pack))
-            print(f"packing: {len(plan.trials)} trials in {n_ray} Ray trials (pack: {plan.spec.pack})")
+            print(packing_line(len(plan.trials), len(make_payloads(plan.trials, plan.spec.pack)), plan.spec.pack))
         return 0
     if not (args.ray_address or os.environ.get("RAY_ADDRESS")):
         # A missing dataset fails here, before Ray starts and before any run exists.
