@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from rgsweep.data.augment import AUGMENTATIONS
+from rgsweep.data.augment import CROP_SIZE, check_augmentations
 from rgsweep.data.corruption import CORRUPTIONS
 from rgsweep.data.preprocess import PREPROCESS
 from rgsweep.data.sources import DATASET_NAMES
@@ -55,6 +55,7 @@ class TrialConfig(BaseModel):
     # inputs
     preprocess: str = "paper"  # paper (crop 28 + per-image whitening) | standard | none
     augment: list[str] = Field(default_factory=list)  # regularizers, applied on the device per batch
+    # (crop: the paper's random 28x28 window + whitening, needs preprocess paper; padcrop: 4-pixel padded crop)
 
     # model
     arch: str = "mlp1x512"
@@ -80,6 +81,7 @@ class TrialConfig(BaseModel):
     # execution
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     eval_batch_size: int = Field(2048, ge=1)  # forward-only batches for the per-epoch evaluation
+    eval_every: int = Field(1, ge=1)  # full test-set evaluation every N epochs, and always at the run's last
 
     @field_validator("dataset")
     @classmethod
@@ -112,9 +114,26 @@ class TrialConfig(BaseModel):
             v = [s.strip() for s in v.split(",") if s.strip()]
         if not isinstance(v, list):
             raise ValueError("augment must be a list of names or a comma-separated string")
-        for name in v:
-            _one_of("augmentation", name, AUGMENTATIONS)
+        check_augmentations(v)
         return list(v)
+
+    @field_validator("augment")
+    @classmethod
+    def _paper_crop(cls, v: list[str], info: ValidationInfo) -> list[str]:
+        """The paper's crop is defined with the paper's whitening, and on the image's own pixels."""
+        if "crop" not in v:
+            return v
+        preprocess, corruption = info.data.get("preprocess"), info.data.get("corruption")
+        if preprocess is not None and preprocess != "paper":
+            raise ValueError(f"crop is the paper's random crop (a random {CROP_SIZE}x{CROP_SIZE} window, the centre "
+                             f"one at evaluation, then per-image whitening) and needs preprocess: paper, not "
+                             f"{preprocess!r}; use padcrop for a random crop with 4 pixels of zero padding")
+        if corruption in ("shuffled_pixels", "random_pixels"):
+            # A pixel permutation is of the pixels the model sees; a moving window has no fixed set of them.
+            raise ValueError(f"crop cannot be combined with corruption {corruption}: the permutation acts on the "
+                             f"pixels the model sees, and a random window sees different pixels each epoch; "
+                             f"use padcrop, or no crop")
+        return v
 
     @field_validator("device")
     @classmethod
@@ -132,7 +151,7 @@ class TrialConfig(BaseModel):
     # -- identity ---------------------------------------------------------------------------------
     def identity(self) -> dict[str, Any]:
         """The fields that define the trial's result (where the data lives and on which device do not)."""
-        return self.model_dump(exclude={"data_dir", "download", "device", "eval_batch_size"})
+        return self.model_dump(exclude={"data_dir", "download", "device", "eval_batch_size", "eval_every"})
 
     def key(self) -> str:
         """Stable trial key: a hash of the resolved config, so a resumed sweep recognises its trials."""

@@ -15,7 +15,12 @@ that stops (fitted, early-stopped, out of epochs, diverged, or its `report` rais
 pack, so the others go on without paying for it; its result is final.
 
 What may differ between packed trials (`PACKABLE_DIFFERENCES`): seeds, label noise, input corruption,
-augmentation, optimiser hyperparameters, schedule, epochs and stop rules. Everything else (dataset,
+augmentation, optimiser hyperparameters, schedule, epochs, stop rules and the test-evaluation schedule.
+A trial with the paper's random crop draws its batches from its own full-size images (`x_crop`), cut
+and whitened by its own pipeline, exactly as `train()` does; the others from the shared stacked inputs.
+The test set is evaluated for the whole pack on an epoch where any active trial's schedule (`test_due`)
+asks for it, and reported only to those trials; trials that stop between their scheduled evaluations
+get the full test set once more, as in `train()`. Everything else (dataset,
 architecture, batch size, optimiser type, ...) must be equal; `check_packable` says which keys are not.
 Dropout is refused: its masks come from the global RNG inside the forward, which `vmap` cannot give each
 trial in the order `train()` would draw them. BatchNorm works: running statistics are stacked buffers
@@ -39,23 +44,28 @@ from torch import Tensor
 from torch.func import functional_call, stack_module_state, vmap
 
 from rgsweep.config import TrialConfig
-from rgsweep.data.augment import Augment
 from rgsweep.models import build_model, count_params, is_convnet
 from rgsweep.train import (
     DivergedError,
     Report,
     StepClock,
+    StopRules,
     TrialData,
+    add_test,
     autocast_for,
+    epoch_metrics,
+    make_augment,
     make_scheduler,
     prepare_data,
     resolve_device,
+    test_due,
+    update_summary,
 )
 
 PACKABLE_DIFFERENCES = frozenset({
     "seed", "label_noise", "corruption", "corrupt_fraction", "pixel_fraction", "corruption_seed", "augment",
     "lr", "momentum", "weight_decay", "lr_schedule", "lr_decay", "lr_step", "epochs", "fit_threshold",
-    "early_stopping",
+    "early_stopping", "eval_every",
 })
 ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8  # torch.optim.Adam's defaults, which train() uses
 
@@ -137,6 +147,12 @@ class _Stack:
 
     def keep(self, keep: Tensor) -> None:
         self.rows = self.rows[keep]
+
+    def subset(self, rows: Tensor) -> _Stack:
+        """A view of some trials' rows (the stored tensors are shared, not copied)."""
+        sub = copy.copy(self)
+        sub.rows = self.rows[rows]
+        return sub
 
 
 # -- the optimiser on stacked parameters ----------------------------------------------------------
@@ -225,8 +241,12 @@ def train_packed(
     # Each trial's data prepared as train() prepares it, one trial at a time, identical inputs stored once.
     x_train, x_test, x_val = _Stack(), _Stack(), _Stack()
     ys, noisys, y_vals, n_noisy, shapes = [], [], [], [], set()
+    crops: list[Tensor | None] = []  # per trial: the full-size images its random crop cuts (None: no crop)
+    augments = []
     for j, c in enumerate(configs):
         d = data[j] if data is not None else prepare_data(c, device)
+        augments.append(make_augment(c, d))
+        crops.append(_same_as_earlier(d.x_crop, crops))
         shapes.add((tuple(d.x_train.shape), d.num_classes, tuple(d.x_test.shape),
                     None if d.x_val is None else tuple(d.x_val.shape)))
         if len(shapes) > 1:
@@ -274,7 +294,6 @@ def train_packed(
     # One-number optimisers carry each trial's schedule: the same torch schedulers train() uses.
     lr_opts = [torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=c.lr) for c in configs]
     scheds = [make_scheduler(c, o) for c, o in zip(configs, lr_opts)]
-    augments = [Augment(c.augment) for c in configs]
     gens = [torch.Generator(device=device).manual_seed(c.seed) for c in configs]
 
     n, bs = x_train.n, c0.batch_size
@@ -287,8 +306,7 @@ def train_packed(
     results: list[dict[str, Any] | Exception | None] = [None] * k_all
     summaries = [_summary(num_params, device, fingerprint, k_all) for _ in range(k_all)]
     times = [[0.0, 0.0, 0] for _ in range(k_all)]  # train time share, optim time share, samples
-    best_val = [-1.0] * k_all
-    since_best = [0] * k_all
+    rules = [StopRules(c) for c in configs]
     augmenting = any(a.names for a in augments)
     clock = StepClock(device)  # the pack's optimisation time, without an extra sync on CUDA
 
@@ -305,9 +323,10 @@ def train_packed(
         loss_sum = torch.zeros(k, device=device)
         for s in starts:
             idx = perm[:, s : s + bs]  # [K, B]
-            xb = x_train.take(idx)
-            if augmenting:  # each trial's own pipeline and generator, in train()'s order
-                xb = torch.stack([augments[i](xb[j], gens[i]) for j, i in enumerate(active)])
+            xb = x_train.take(idx) if not all(crops[i] is not None for i in active) else None
+            if augmenting:  # each trial's own pipeline, generator and source images, in train()'s order
+                xb = torch.stack([augments[i](crops[i][idx[j]] if crops[i] is not None else xb[j], gens[i])
+                                  for j, i in enumerate(active)])
             yb = y_train.gather(1, idx)
             with autocast_for(device):
                 out = forward(params, buffers, xb).float()
@@ -320,48 +339,37 @@ def train_packed(
         clock.stop()
 
         base.eval()
-        tr_loss, tr_ok = _evaluate(forward, params, buffers, x_train, y_train, eb)
-        te_loss, te_ok = _evaluate(forward, params, buffers, x_test, y_test.expand(k, -1), eb)
-        tr_okf = tr_ok.float()
-        cols = [loss_sum / n, tr_okf.mean(1), (tr_okf * noisy_f).sum(1), te_loss / len(y_test),
-                te_ok.float().mean(1)]
-        if has_val and y_val is not None:
-            va_loss, va_ok = _evaluate(forward, params, buffers, x_val, y_val, eb)
-            cols += [va_loss / y_val.shape[1], va_ok.float().mean(1)]
-        host = torch.stack(cols, 1).tolist()  # the epoch's one host sync, for all K trials
+        due = [test_due(configs[i], epoch) for i in active]
+        host = _evaluate_epoch(forward, params, buffers, eb, loss_sum, any(due), (x_train, y_train, noisy_f),
+                               (x_test, y_test), (x_val, y_val) if has_val else None)  # the epoch's one sync
+        ms, reasons = [], []
+        for j, i in enumerate(active):
+            v = host[j] if due[j] else {key: x for key, x in host[j].items() if not key.startswith("test_")}
+            ms.append(epoch_metrics(epoch, v, n, n_noisy[i], lrs[j], epoch * steps_per_epoch))
+            reasons.append(rules[i].check(ms[-1], epoch))
+        late = [j for j in range(k) if reasons[j] is not None and "test_acc" not in ms[j]]
+        if late:  # trials that stop between their scheduled test evaluations get the full test set, as in train()
+            sel = torch.tensor(late, device=device)
+            sub = [p.detach()[sel] for p in params], {name: b[sel] for name, b in buffers.items()}
+            for j, row in zip(late, _read_rows(_test_values(forward, *sub, x_test.subset(sel), y_test, eb))):
+                add_test(ms[j], row)
         wall = time.perf_counter() - t0
         t_optim = clock.read() - optim_before  # after the sync: CUDA events are done
 
         stopped = []
         for j, i in enumerate(active):
-            c, summary, row = configs[i], summaries[i], host[j]
-            train_loss, train_acc, noisy_ok, test_loss, test_acc = row[:5]
+            m, summary = ms[j], summaries[i]
             times[i][0] += wall / k
             times[i][1] += t_optim / k
             times[i][2] += samples_per_epoch
-            m: dict[str, Any] = {
-                "epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss,
-                "test_acc": test_acc, "gen_gap": train_acc - test_acc, "lr": lrs[j], "epoch_time_s": wall / k,
-                "steps": epoch * steps_per_epoch,
-            }
-            if n_noisy[i] > 0:
-                m["train_acc_noisy"] = noisy_ok / n_noisy[i]
-            if n_noisy[i] < n:
-                m["train_acc_clean"] = (train_acc * n - noisy_ok) / (n - n_noisy[i])
-            if has_val:
-                m["val_loss"], m["val_acc"] = row[5], row[6]
-            summary["best_test_acc"] = max(summary["best_test_acc"], test_acc)
-            summary.update(
-                final_train_acc=train_acc, final_test_acc=test_acc, final_gen_gap=train_acc - test_acc,
-                final_train_loss=train_loss, epochs_run=epoch, train_time_s=times[i][0],
-                samples_per_s=times[i][2] / times[i][0], optim_time_s=times[i][1], samples_trained=times[i][2],
-                last_epoch=m,
-            )
-            result = _step_trial(c, m, summary, reports[i], epoch, steps_per_epoch, best_val, since_best, i)
+            m["epoch_time_s"] = wall / k
+            update_summary(summary, m, epoch, times[i][0], times[i][2], times[i][1])
+            summary["last_epoch"] = m
+            result = _step_trial(m, summary, reports[i], reasons[j], epoch, steps_per_epoch)
             if result is None and scheds[i] is not None:
                 lr_opts[i].step()  # a no-op (no gradient) that keeps the scheduler's call-order check quiet
                 if isinstance(scheds[i], torch.optim.lr_scheduler.ReduceLROnPlateau):
-                    scheds[i].step(-m["val_acc"] if "val_acc" in m else train_loss)
+                    scheds[i].step(-m["val_acc"] if "val_acc" in m else m["train_loss"])
                 else:
                     scheds[i].step()
             if result is not None:
@@ -449,33 +457,60 @@ def _mlp_forward(base: torch.nn.Module, names: list[str]) -> Callable | None:
     return forward
 
 
-def _step_trial(c: TrialConfig, m: dict[str, Any], summary: dict[str, Any], report: Report | None, epoch: int,
-                steps_per_epoch: int, best_val: list[float], since_best: list[int],
-                i: int) -> dict[str, Any] | Exception | None:
-    """Report one trial's epoch and apply its stop rules as train() does; its final result, or None to go on."""
+def _step_trial(m: dict[str, Any], summary: dict[str, Any], report: Report | None, reason: str | None,
+                epoch: int, steps_per_epoch: int) -> dict[str, Any] | Exception | None:
+    """Report one trial's epoch and act on its stop reason (`StopRules`) as train() does; its final result,
+    or None to go on."""
     if report is not None:
         try:
             report(m)
         except Exception as e:  # the callback stopped this trial (train() would raise it)
             return e
-    if not math.isfinite(m["train_loss"]):
+    if reason == "diverged":
         summary["stop_reason"] = "diverged"
         return DivergedError(epoch, summary)
-    if c.fit_threshold is not None and m["train_acc"] >= c.fit_threshold:
-        summary.update(epochs_to_fit=epoch, steps_to_fit=epoch * steps_per_epoch, fitted=True,
-                       stop_reason="fitted")
-        return summary
-    if c.early_stopping is not None and "val_acc" in m:
-        if m["val_acc"] > best_val[i]:
-            best_val[i], since_best[i] = m["val_acc"], 0
-        else:
-            since_best[i] += 1
-            if since_best[i] >= c.early_stopping:
-                summary["stop_reason"] = "early_stopping"
-                return summary
-    if epoch >= c.epochs:
+    if reason == "fitted":
+        summary.update(epochs_to_fit=epoch, steps_to_fit=epoch * steps_per_epoch, fitted=True)
+    if reason is not None:
+        summary["stop_reason"] = reason
         return summary
     return None
+
+
+def _evaluate_epoch(forward: Callable, params: list[Tensor], buffers: dict[str, Tensor], eb: int, loss_sum: Tensor,
+                    with_test: bool, train: tuple[_Stack, Tensor, Tensor], test: tuple[_Stack, Tensor],
+                    val: tuple[_Stack, Tensor] | None) -> list[dict[str, float]]:
+    """Every trial's epoch values (train set every epoch, test set when asked, validation), one host sync."""
+    x_train, y_train, noisy_f = train
+    _, tr_ok = _evaluate(forward, params, buffers, x_train, y_train, eb)
+    tr_okf = tr_ok.float()
+    cols = {"train_loss": loss_sum / x_train.n, "train_acc": tr_okf.mean(1), "noisy_ok": (tr_okf * noisy_f).sum(1)}
+    if with_test:
+        cols.update(_test_values(forward, params, buffers, *test, eb))
+    if val is not None:
+        va_loss, va_ok = _evaluate(forward, params, buffers, *val, eb)
+        cols.update(val_loss=va_loss / val[1].shape[1], val_acc=va_ok.float().mean(1))
+    return _read_rows(cols)
+
+
+def _read_rows(cols: dict[str, Tensor]) -> list[dict[str, float]]:
+    """Per-trial columns [K] to one dict per trial, with one host sync."""
+    rows = torch.stack([v.float() for v in cols.values()], 1).tolist()
+    return [dict(zip(cols, r)) for r in rows]
+
+
+def _test_values(forward: Callable, params: list[Tensor], buffers: dict[str, Tensor], x_test: _Stack,
+                 y_test: Tensor, batch_size: int) -> dict[str, Tensor]:
+    """Test loss and accuracy [K] of the trials in `x_test`'s rows (the test labels are everyone's)."""
+    loss, ok = _evaluate(forward, params, buffers, x_test, y_test.expand(len(x_test.rows), -1), batch_size)
+    return {"test_loss": loss / len(y_test), "test_acc": ok.float().mean(1)}
+
+
+def _same_as_earlier(t: Tensor | None, earlier: list[Tensor | None]) -> Tensor | None:
+    """An equal tensor already held (so the duplicate can be freed), else `t` itself."""
+    if t is None:
+        return None
+    return next((u for u in earlier if u is not None and u.shape == t.shape and torch.equal(u, t)), t)
 
 
 def _evaluate(forward: Callable, params: list[Tensor], buffers: dict[str, Tensor], x: _Stack, y: Tensor,

@@ -22,7 +22,7 @@ from torch import nn
 from rgsweep.config import TrialConfig
 from rgsweep.data.augment import Augment
 from rgsweep.data.corruption import corrupt
-from rgsweep.data.preprocess import preprocess
+from rgsweep.data.preprocess import CROP_SIZE, center_crop, preprocess
 from rgsweep.data.sources import balanced_subset, load_dataset
 from rgsweep.models import build_model, count_params, is_convnet
 
@@ -71,17 +71,48 @@ class TrialData:
     y_val: torch.Tensor | None
     num_classes: int
     fingerprint: str
+    # float32 [N,C,H,W]: the full-size training images (/255, corrupted, not whitened) that the paper's
+    # random crop takes its windows from; None without that crop, and then x_train feeds training too.
+    # x_train (the centre window, whitened once) stays what train_acc is evaluated on.
+    x_crop: torch.Tensor | None = None
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
         return tuple(self.x_train.shape[1:])  # type: ignore[return-value]
 
 
+def paper_crop_on(config: TrialConfig, shape: tuple[int, ...]) -> bool:
+    """The paper's random crop applies: `crop` is asked for and the image is larger than the window.
+
+    On images not larger than 28x28 (digits, MNIST) the only window is the whole image: no crop.
+    """
+    return "crop" in config.augment and max(shape[-2:]) > CROP_SIZE
+
+
+def seen_pixels(config: TrialConfig, x: torch.Tensor) -> torch.Tensor:
+    """The pixels the model sees, which is what a pixel corruption permutes (a view, no copy).
+
+    Under `paper` the model sees the centre 28x28 window, so the window is cut before corrupting: shuffled
+    pixels permute those 784 positions, not 1,024 of which 240 are then cropped away. With the paper's
+    random crop the model sees windows of the whole image, so the whole image goes on (the shuffles are
+    refused with that crop by the config; gaussian then fills the whole image). Other presets: the whole image.
+    """
+    if config.preprocess == "paper" and not paper_crop_on(config, x.shape):
+        return center_crop(x, CROP_SIZE)
+    return x
+
+
+def make_augment(config: TrialConfig, data: TrialData) -> Augment:
+    """The trial's augmentation pipeline: the paper's crop only where `data` has full-size images for it."""
+    return Augment([n for n in config.augment if n != "crop" or data.x_crop is not None])
+
+
 def prepare_data(config: TrialConfig, device: torch.device) -> TrialData:
     """Load (cached), hold out validation from the clean train set, corrupt, preprocess, move to device.
 
     Corrupted inputs apply to train, validation and test alike (one shared permutation for
-    shuffled pixels); label noise applies to the training labels only.
+    shuffled pixels), on the pixels the model sees (`seen_pixels`); label noise applies to the
+    training labels only. With the paper's random crop, `x_crop` keeps the full-size training images.
     """
     ds = load_dataset(config.dataset, config.data_dir, config.download, config.subset)
     x_tr, y_tr = ds.x_train, ds.y_train
@@ -98,6 +129,7 @@ def prepare_data(config: TrialConfig, device: torch.device) -> TrialData:
     x_eval = x_test = ds.x_test
     if x_val is not None:
         x_eval = torch.cat([ds.x_test, x_val])
+    x_tr, x_eval = seen_pixels(config, x_tr), seen_pixels(config, x_eval)
     c = corrupt(
         x_tr, y_tr, x_eval, ds.y_test if x_val is None else torch.cat([ds.y_test, y_val]),
         ds.num_classes,
@@ -107,7 +139,11 @@ def prepare_data(config: TrialConfig, device: torch.device) -> TrialData:
         pixel_fraction=config.pixel_fraction,
         seed=config.corruption_seed,
     )
-    xtr, xev = preprocess(c.x_train.to(device), c.x_test.to(device), config.preprocess)
+    x_train_full = c.x_train.to(device)
+    # Evaluation inputs: the preset (under paper: the centre window, whitened once). preprocess leaves
+    # its input untouched, so the full-size images stay as they are for the random crop's windows.
+    xtr, xev = preprocess(x_train_full, c.x_test.to(device), config.preprocess)
+    x_crop = x_train_full.contiguous() if paper_crop_on(config, x_train_full.shape) else None
     n_test = len(x_test)
     return TrialData(
         x_train=xtr.contiguous(),
@@ -119,6 +155,7 @@ def prepare_data(config: TrialConfig, device: torch.device) -> TrialData:
         y_val=y_val.to(device) if y_val is not None else None,
         num_classes=ds.num_classes,
         fingerprint=ds.fingerprint(),
+        x_crop=x_crop,
     )
 
 
@@ -166,6 +203,63 @@ def evaluate(
     return loss, correct
 
 
+def test_due(config: TrialConfig, epoch: int) -> bool:
+    """Whether `epoch` evaluates the full test set by schedule: every `eval_every`-th epoch and the last.
+
+    A run that stops earlier (fitted, early stopping, diverged) evaluates it on its last epoch too, after
+    the stop rules have seen that epoch's training metrics (`train`): final_* are always the full test set.
+    """
+    return epoch % config.eval_every == 0 or epoch >= config.epochs
+
+
+def read_host(values: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Device scalars to Python floats with one host sync for all of them."""
+    return dict(zip(values, torch.stack([v.float() for v in values.values()]).tolist()))
+
+
+def epoch_metrics(epoch: int, v: dict[str, float], n: int, n_noisy: int, lr: float, steps: int) -> dict[str, Any]:
+    """An epoch's reported metrics from its evaluated values (test ones only when the test set was evaluated)."""
+    m: dict[str, Any] = {"epoch": epoch, "train_loss": v["train_loss"], "train_acc": v["train_acc"], "lr": lr,
+                         "steps": steps}
+    if "test_acc" in v:
+        add_test(m, v)
+    if n_noisy > 0:
+        m["train_acc_noisy"] = v["noisy_ok"] / n_noisy
+    if n_noisy < n:
+        m["train_acc_clean"] = (v["train_acc"] * n - v["noisy_ok"]) / (n - n_noisy)
+    if "val_acc" in v:
+        m["val_loss"], m["val_acc"] = v["val_loss"], v["val_acc"]
+    return m
+
+
+def add_test(m: dict[str, Any], v: dict[str, float]) -> None:
+    m.update(test_loss=v["test_loss"], test_acc=v["test_acc"], gen_gap=m["train_acc"] - v["test_acc"])
+
+
+class StopRules:
+    """One run's stop rules, checked once per epoch on its metrics, in this order: diverged (loss not
+    finite), fitted (train_acc >= fit_threshold), early stopping (no better val_acc for `early_stopping`
+    epochs), out of epochs. `check` returns the reason to stop, or None to go on."""
+
+    def __init__(self, config: TrialConfig):
+        self.config, self.best_val, self.since_best = config, -1.0, 0
+
+    def check(self, m: dict[str, Any], epoch: int) -> str | None:
+        c = self.config
+        if not math.isfinite(m["train_loss"]):
+            return "diverged"
+        if c.fit_threshold is not None and m["train_acc"] >= c.fit_threshold:
+            return "fitted"
+        if c.early_stopping is not None and "val_acc" in m:
+            if m["val_acc"] > self.best_val:
+                self.best_val, self.since_best = m["val_acc"], 0
+            else:
+                self.since_best += 1
+                if self.since_best >= c.early_stopping:
+                    return "early_stopping"
+        return "max_epochs" if epoch >= c.epochs else None
+
+
 class StepClock:
     """Seconds spent in optimisation steps (evaluation excluded) without an extra host sync.
 
@@ -209,6 +303,36 @@ def _fmt(summary: dict[str, Any]) -> str:
 
 
 # -- the loop -------------------------------------------------------------------------------------
+class _Evaluator:
+    """A trial's per-epoch evaluation as device scalars (no host sync): the whole training set (eval
+    mode, no augmentation) every epoch, the validation split every epoch, the test set when asked."""
+
+    def __init__(self, model: nn.Module, data: TrialData, config: TrialConfig, device: torch.device,
+                 channels_last: bool):
+        self.model, self.data, self.device, self.cl = model, data, device, channels_last
+        self.eb = config.eval_batch_size
+        self.noisy_f = data.noisy.float()
+
+    def _eval(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return evaluate(self.model, x, y, self.eb, self.device, self.cl)
+
+    def test(self) -> dict[str, torch.Tensor]:
+        loss, ok = self._eval(self.data.x_test, self.data.y_test)
+        return {"test_loss": loss / len(self.data.y_test), "test_acc": ok.float().mean()}
+
+    def epoch(self, with_test: bool) -> dict[str, torch.Tensor]:
+        d = self.data
+        _, tr_ok = self._eval(d.x_train, d.y_train)
+        tr_okf = tr_ok.float()
+        v = {"train_acc": tr_okf.mean(), "noisy_ok": tr_okf @ self.noisy_f}
+        if with_test:
+            v.update(self.test())
+        if d.x_val is not None:
+            va_loss, va_ok = self._eval(d.x_val, d.y_val)
+            v.update(val_loss=va_loss / len(d.y_val), val_acc=va_ok.float().mean())
+        return v
+
+
 def train(
     config: TrialConfig,
     report: Report | None = None,
@@ -219,6 +343,8 @@ def train(
     """Train one trial. `report(metrics)` is called once per epoch (it may raise to stop the trial).
 
     Returns the run summary. Raises DivergedError when the loss is NaN/inf (after reporting that epoch).
+    The test set is evaluated on the epochs `test_due` names and on the run's last epoch; `test_loss`,
+    `test_acc` and `gen_gap` are reported on exactly those epochs, and `best_test_acc` is their best.
     """
     device = resolve_device(config.device)
     if device.type == "cuda":
@@ -238,11 +364,13 @@ def train(
         model = model.to(memory_format=torch.channels_last)
     opt = make_optimizer(config, model.parameters(), device)
     sched = make_scheduler(config, opt)
-    augment = Augment(config.augment)
+    augment = make_augment(config, data)
+    source = data.x_crop if data.x_crop is not None else data.x_train  # what training batches are cut from
     gen = torch.Generator(device=device).manual_seed(config.seed)
+    evaluator = _Evaluator(model, data, config, device, channels_last)
+    rules = StopRules(config)
 
     n, bs = len(data.y_train), config.batch_size
-    noisy_f = data.noisy.float()
     n_noisy = int(data.noisy.sum())  # host read once, before the loop
     # A final batch of one sample breaks BatchNorm in train mode; it is dropped (at most 1 sample/epoch).
     starts = [i for i in range(0, n, bs) if n - i > 1 or i == 0]
@@ -253,7 +381,6 @@ def train(
         "num_params": count_params(model), "device": str(device), "dataset_fingerprint": data.fingerprint,
         "torch_version": torch.__version__, "stop_reason": "max_epochs",
     }
-    best_val, since_best = -1.0, 0
     train_time = 0.0
     samples = 0
     clock = StepClock(device)
@@ -273,7 +400,7 @@ def train(
         loss_sum = torch.zeros((), device=device)
         for i in starts:
             idx = perm[i : i + bs]
-            xb = augment(data.x_train[idx], gen)
+            xb = augment(source[idx], gen)
             if channels_last:
                 xb = xb.contiguous(memory_format=torch.channels_last)
             with autocast_for(device):
@@ -285,64 +412,39 @@ def train(
         clock.stop()
         samples += sum(min(bs, n - i) for i in starts)
 
-        # Evaluation: the whole train set (eval mode, no augmentation), the test set, validation.
         model.eval()
-        eb = config.eval_batch_size
-        tr_loss, tr_ok = evaluate(model, data.x_train, data.y_train, eb, device, channels_last)
-        te_loss, te_ok = evaluate(model, data.x_test, data.y_test, eb, device, channels_last)
-        tr_okf = tr_ok.float()
-        vals = [loss_sum / n, tr_okf.mean(), tr_okf @ noisy_f, te_loss / len(data.y_test), te_ok.float().mean()]
-        if data.x_val is not None:
-            va_loss, va_ok = evaluate(model, data.x_val, data.y_val, eb, device, channels_last)
-            vals += [va_loss / len(data.y_val), va_ok.float().mean()]
-        vals_host = torch.stack([v.float() for v in vals]).tolist()  # the epoch's one host sync
-        train_loss, train_acc, noisy_ok, test_loss, test_acc = vals_host[:5]
+        values = evaluator.epoch(with_test=test_due(config, epoch))
+        host = read_host({"train_loss": loss_sum / n, **values})  # the epoch's one host sync
+        m = epoch_metrics(epoch, host, n, n_noisy, lr, epoch * steps_per_epoch)
+        reason = rules.check(m, epoch)
+        if reason is not None and "test_acc" not in m:
+            # The run stops between scheduled test evaluations: its last epoch gets the full test set
+            # (one more sync, once per run), so final_test_acc is always on the whole test set.
+            add_test(m, read_host(evaluator.test()))
         epoch_time = time.perf_counter() - t0
         train_time += epoch_time
-
-        m: dict[str, Any] = {
-            "epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss,
-            "test_acc": test_acc, "gen_gap": train_acc - test_acc, "lr": lr, "epoch_time_s": epoch_time,
-            "steps": epoch * steps_per_epoch,
-        }
-        if n_noisy > 0:
-            m["train_acc_noisy"] = noisy_ok / n_noisy
-        if n_noisy < n:
-            m["train_acc_clean"] = (train_acc * n - noisy_ok) / (n - n_noisy)
-        if data.x_val is not None:
-            m["val_loss"], m["val_acc"] = vals_host[5], vals_host[6]
+        m["epoch_time_s"] = epoch_time
         last = m
-        summary["best_test_acc"] = max(summary["best_test_acc"], test_acc)
-        summary.update(
-            final_train_acc=train_acc, final_test_acc=test_acc, final_gen_gap=train_acc - test_acc,
-            final_train_loss=train_loss, epochs_run=epoch, train_time_s=train_time,
-            samples_per_s=samples / train_time, optim_time_s=clock.read(), samples_trained=samples,
-        )
+        update_summary(summary, m, epoch, train_time, samples, clock.read())
         if report is not None:
             report(m)
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(loss=f"{train_loss:.3f}", train=f"{train_acc:.3f}", test=f"{test_acc:.3f}")
+            bar.set_postfix(loss=f"{m['train_loss']:.3f}", train=f"{m['train_acc']:.3f}",
+                            test=f"{m['test_acc']:.3f}" if "test_acc" in m else "-")
 
-        if not math.isfinite(train_loss):
+        if reason == "diverged":
             summary["stop_reason"] = "diverged"
             if bar is not None:
                 bar.close()
             raise DivergedError(epoch, summary)
-        if config.fit_threshold is not None and train_acc >= config.fit_threshold:
+        if reason == "fitted":
             summary.update(epochs_to_fit=epoch, steps_to_fit=epoch * steps_per_epoch, fitted=True)
-            summary["stop_reason"] = "fitted"
+        if reason is not None:
+            summary["stop_reason"] = reason
             break
-        if config.early_stopping is not None and "val_acc" in m:
-            if m["val_acc"] > best_val:
-                best_val, since_best = m["val_acc"], 0
-            else:
-                since_best += 1
-                if since_best >= config.early_stopping:
-                    summary["stop_reason"] = "early_stopping"
-                    break
         if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            sched.step(-m["val_acc"] if "val_acc" in m else train_loss)
+            sched.step(-m["val_acc"] if "val_acc" in m else m["train_loss"])
         elif sched is not None:
             sched.step()
 
@@ -350,6 +452,19 @@ def train(
         bar.close()
     summary["last_epoch"] = last
     return summary
+
+
+def update_summary(summary: dict[str, Any], m: dict[str, Any], epoch: int, train_time: float, samples: int,
+                    optim_time: float) -> None:
+    """The run's summary after an epoch; the test figures change only on epochs that evaluated the test set."""
+    if "test_acc" in m:
+        summary["best_test_acc"] = max(summary["best_test_acc"], m["test_acc"])
+        summary.update(final_test_acc=m["test_acc"], final_gen_gap=m["gen_gap"])
+    summary.update(
+        final_train_acc=m["train_acc"], final_train_loss=m["train_loss"], epochs_run=epoch,
+        train_time_s=train_time, samples_per_s=samples / train_time, optim_time_s=optim_time,
+        samples_trained=samples,
+    )
 
 
 def summary_line(summary: dict[str, Any]) -> str:

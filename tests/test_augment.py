@@ -93,9 +93,9 @@ def test_none_unknown_and_uint8():
 # -- exact pixel moves ---------------------------------------------------------------------------------
 
 
-def test_crop_is_an_integer_shift_with_zero_fill():
+def test_padcrop_is_an_integer_shift_with_zero_fill():
     x = positive(16, 3, 12, 12)
-    out = Augment(["crop"])(x, gen(0))
+    out = Augment(["padcrop"])(x, gen(0))
     assert out.shape == x.shape and out.dtype == x.dtype
     padded = F.pad(x, (4, 4, 4, 4))
     found = set()
@@ -213,23 +213,32 @@ def test_jitter_changes_saturation_of_rgb():
 # -- the pipeline ----------------------------------------------------------------------------------------
 
 
+def every_augmentation(crop: str) -> list[str]:
+    """All augmentations with one of the two random crops (they cannot be combined)."""
+    return [n for n in AUGMENTATIONS if n in (crop, "flip") or "crop" not in n]
+
+
+@pytest.mark.parametrize("crop", ["crop", "padcrop"])
 @pytest.mark.parametrize("shape", [(16, 1, 8, 8), (16, 3, 32, 32)])
-def test_all_augmentations_together(shape):
+def test_all_augmentations_together(shape, crop):
     x = torch.rand(*shape, generator=gen(11))
-    aug = Augment(list(AUGMENTATIONS))
+    aug = Augment(every_augmentation(crop))
     out = aug(x, gen(0))
-    assert out.shape == x.shape and out.dtype == x.dtype and torch.isfinite(out).all()
+    side = min(shape[-1], 28) if crop == "crop" else shape[-1]  # the paper's crop: a 28x28 window
+    assert out.shape == (*shape[:2], side, side) and out.dtype == x.dtype and torch.isfinite(out).all()
     assert torch.equal(out, aug(x, gen(0)))
     assert aug(x.bfloat16(), gen(0)).dtype == torch.bfloat16
 
 
 def test_names_are_checked_and_empty_is_identity():
-    allowed = "allowed: crop, flip, erase, rotate, affine, jitter, perspective"
+    allowed = "allowed: crop, padcrop, flip, erase, rotate, affine, jitter, perspective"
     with pytest.raises(ValueError, match=f"'blur'.*{allowed}"):
         Augment(["flip", "blur"])
     with pytest.raises(ValueError, match="'Crop'"):
         check_augmentations(["Crop"])
-    check_augmentations(list(AUGMENTATIONS))
+    check_augmentations([n for n in AUGMENTATIONS if n != "crop"])
+    with pytest.raises(ValueError, match="two random crops"):
+        check_augmentations(["crop", "padcrop"])
     x = torch.rand(2, 3, 8, 8)
     assert Augment([])(x) is x
     assert Augment(["erase", "crop", "jitter"]).names == ["crop", "jitter", "erase"]  # fixed order
@@ -238,44 +247,45 @@ def test_names_are_checked_and_empty_is_identity():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="host syncs are only observable on CUDA")
 def test_no_host_sync_on_cuda():
     x = torch.rand(256, 3, 32, 32, device="cuda")
-    aug, g = Augment(list(AUGMENTATIONS)), gen(0, "cuda")
-    aug(x, g)
-    torch.cuda.set_sync_debug_mode("error")
-    try:
+    g = gen(0, "cuda")
+    for aug in (Augment(every_augmentation("crop")), Augment(every_augmentation("padcrop"))):
         aug(x, g)
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            aug(x, g)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
 
 
 def test_a_large_batch_is_fast():
     x = torch.rand(4096, 3, 32, 32, generator=gen(12))
-    aug = Augment(list(AUGMENTATIONS))
+    aug = Augment(every_augmentation("crop"))
     aug(x[:64], gen(0))  # warm-up
     t = time.perf_counter()
     out = aug(x, gen(0))
     seconds = time.perf_counter() - t
     print(f"all augmentations, 4096x3x32x32 on cpu: {seconds:.3f} s ({4096 / seconds:,.0f} images/s)")
-    assert out.shape == x.shape
+    assert out.shape == (4096, 3, 28, 28)
     assert seconds < 10.0
     assert math.isfinite(out.sum().item())
 
 
-def test_crop_and_flip_fused_equal_flip_of_crop():
+def test_padcrop_and_flip_fused_equal_flip_of_padcrop():
     x = torch.randn(64, 3, 28, 28)
-    aug = Augment(["crop", "flip"])
+    aug = Augment(["padcrop", "flip"])
     fused = aug(x, torch.Generator().manual_seed(1))
     g = torch.Generator().manual_seed(1)
-    separate = aug.flip(aug.crop(x, g), g)
+    separate = aug.flip(aug.padcrop(x, g), g)
     assert torch.equal(fused, separate)
-    assert not torch.equal(fused, aug.crop(x, torch.Generator().manual_seed(1)))  # some samples flipped
+    assert not torch.equal(fused, aug.padcrop(x, torch.Generator().manual_seed(1)))  # some samples flipped
 
 
-def test_crop_by_nearest_sampling_equals_the_gather_path():
+def test_padcrop_by_nearest_sampling_equals_the_gather_path():
     # float32 crops go through a nearest-neighbour grid_sample, other dtypes through one gather on the
     # padded image; both must pick exactly the same pixels (odd and non-square sizes included).
     for shape in [(64, 3, 28, 28), (32, 1, 8, 8), (16, 2, 9, 13)]:
         x = torch.randint(-1000, 1000, shape).float()
-        aug = Augment(["crop", "flip"])
+        aug = Augment(["padcrop", "flip"])
         fast = aug(x, torch.Generator().manual_seed(3))
         gathered = aug(x.to(torch.int64), torch.Generator().manual_seed(3))
         assert fast.dtype == torch.float32

@@ -67,7 +67,7 @@ def test_mlp_packed_matches_one_by_one_per_epoch():
 
 def test_convnet_with_augmentation_packed_matches_one_by_one():
     # AlexNet (no BatchNorm): each trial's own generator draws its batch order and crops/flips.
-    cfgs = configs("alexnet", SEEDS_AND_NOISE, lr=0.01, augment=["crop", "flip"], epochs=2)
+    cfgs = configs("alexnet", SEEDS_AND_NOISE, lr=0.01, augment=["padcrop", "flip"], epochs=2)
     assert_same_curves(one_by_one(cfgs), packed(cfgs), loss_rtol=1e-4, acc_atol=1 / 600 + 1e-6)
 
 

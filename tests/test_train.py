@@ -71,9 +71,9 @@ def test_noisy_and_clean_subsets_partition_train_accuracy():
 
 
 def test_same_seed_same_metrics_different_seed_differs():
-    _, _, a = run(epochs=2, fit_threshold=None, seed=3, augment=["crop", "flip"], arch="cnn")
-    _, _, b = run(epochs=2, fit_threshold=None, seed=3, augment=["crop", "flip"], arch="cnn")
-    _, _, c = run(epochs=2, fit_threshold=None, seed=4, augment=["crop", "flip"], arch="cnn")
+    _, _, a = run(epochs=2, fit_threshold=None, seed=3, augment=["padcrop", "flip"], arch="cnn")
+    _, _, b = run(epochs=2, fit_threshold=None, seed=3, augment=["padcrop", "flip"], arch="cnn")
+    _, _, c = run(epochs=2, fit_threshold=None, seed=4, augment=["padcrop", "flip"], arch="cnn")
     assert [r["train_loss"] for r in a] == pytest.approx([r["train_loss"] for r in b], rel=1e-5)
     assert a[-1]["train_loss"] != pytest.approx(c[-1]["train_loss"], rel=1e-6)
 
@@ -101,6 +101,6 @@ def test_report_may_stop_the_trial():
 @pytest.mark.parametrize("arch", ["alexnet", "inception", "resnet18", "wrn28-1", "cnn", "mlp3x512"])
 def test_every_model_trains_one_epoch_with_augmentation(arch):
     _, summary, reports = run(arch=arch, epochs=1, fit_threshold=None, batch_size=64,
-                              augment=["crop", "flip", "erase", "jitter"], preprocess="paper")
+                              augment=["padcrop", "flip", "erase", "jitter"], preprocess="paper")
     assert len(reports) == 1 and math.isfinite(reports[0]["train_loss"])
     assert summary["num_params"] > 0

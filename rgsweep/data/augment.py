@@ -6,12 +6,23 @@ back to the host, so on CUDA it queues kernels and never syncs. All random numbe
 `generator` (on x's device) or, when it is None, from the device's global RNG.
 
 Transforms are applied in a fixed order, whatever order the names are given in, as torchvision
-pipelines usually do: crop, flip (exact integer pixel moves), then one warp for rotate, affine and
-perspective, then jitter, then erase. The three warps are composed into one 3x3 sampling matrix per
+pipelines usually do: crop or padcrop, flip (exact integer pixel moves), then one warp for rotate,
+affine and perspective, then jitter, then erase.
+
+Two random crops:
+- `crop` is the paper's (Zhang et al., Table 1): a random `crop_size` (28) window of the larger image
+  (every offset 0..H-28, 0..W-28 equally likely), then per-image whitening of the window, as the
+  `paper` preset whitens (`rgsweep.data.preprocess.whiten`): whitening depends on the window, so it is
+  part of the crop. Its input is the un-whitened full-size batch (pixels /255) and its output is
+  [B, C, 28, 28]; at evaluation the model sees the centre window, whitened once (the `paper` preset).
+  A side not larger than the window is kept whole, so on 8x8 digits the window is the whole image.
+- `padcrop` is the seed projects' RandomCrop(padding=4): a random integer shift of the (already
+  whitened) image within 4 pixels of zero padding, back to the same size.
+They cannot be combined. The three warps are composed into one 3x3 sampling matrix per
 sample and resampled by a single `grid_sample`: the same result as applying them one after another,
 but with one bilinear interpolation instead of three (less blur, nothing cut off in between).
 
-Defaults mirror the torchvision transforms the seed projects used (RandomCrop(32, padding=4),
+Defaults mirror the torchvision transforms the seed projects used (RandomCrop(32, padding=4) as `padcrop`,
 RandomHorizontalFlip, RandomErasing, RandomRotation(15), RandomAffine(translate=0.1,
 scale=(0.9, 1.1)), ColorJitter(0.2, 0.2, 0.2), RandomPerspective) with two deliberate differences:
 perspective is applied to every sample (distortion 0.3 rather than 0.5 at p=0.5), and jitter is
@@ -27,15 +38,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-AUGMENTATIONS = ("crop", "flip", "erase", "rotate", "affine", "jitter", "perspective")
+from rgsweep.data.preprocess import CROP_SIZE, whiten
+
+AUGMENTATIONS = ("crop", "padcrop", "flip", "erase", "rotate", "affine", "jitter", "perspective")
 _WARPS = ("rotate", "affine", "perspective")
 
 
 def check_augmentations(names: list[str]) -> None:
-    """Raise ValueError naming the first unknown augmentation and the allowed ones."""
+    """Raise ValueError naming the first unknown augmentation and the allowed ones, or a conflict."""
     for name in names:
         if name not in AUGMENTATIONS:
             raise ValueError(f"unknown augmentation {name!r}; allowed: {', '.join(AUGMENTATIONS)}")
+    if "crop" in names and "padcrop" in names:
+        raise ValueError("crop (the paper's random 28x28 window) and padcrop (a padded random crop) are two "
+                         "random crops: use one of them")
 
 
 def _uniform(n: int, lo: float, hi: float, g: torch.Generator | None, device: torch.device) -> Tensor:
@@ -85,6 +101,7 @@ class Augment:
         self,
         names: list[str],
         *,
+        crop_size: int = CROP_SIZE,
         crop_pad: int = 4,
         flip_p: float = 0.5,
         erase_p: float = 0.5,
@@ -102,10 +119,12 @@ class Augment:
         check_augmentations(names)
         if crop_pad < 0:
             raise ValueError(f"crop_pad must be >= 0, got {crop_pad}")
+        if crop_size < 1:
+            raise ValueError(f"crop_size must be >= 1, got {crop_size}")
         if not 0.0 <= perspective_scale < 1.0:
             raise ValueError(f"perspective_scale must be in [0, 1), got {perspective_scale}")
-        self.names = [n for n in ("crop", "flip", *_WARPS, "jitter", "erase") if n in names]
-        self.crop_pad, self.flip_p = crop_pad, flip_p
+        self.names = [n for n in ("crop", "padcrop", "flip", *_WARPS, "jitter", "erase") if n in names]
+        self.crop_size, self.crop_pad, self.flip_p = crop_size, crop_pad, flip_p
         self.erase_p, self.erase_scale, self.erase_ratio = erase_p, erase_scale, erase_ratio
         self.rotate_deg, self.affine_deg = rotate_deg, affine_deg
         self.affine_shift, self.affine_zoom = affine_shift, affine_zoom
@@ -121,6 +140,8 @@ class Augment:
         g = generator
         if "crop" in self.names:  # with flip too, both happen in the crop's one gather
             x = self.crop(x, g, flip="flip" in self.names)
+        elif "padcrop" in self.names:
+            x = self.padcrop(x, g, flip="flip" in self.names)
         elif "flip" in self.names:
             x = self.flip(x, g)
         if any(n in self.names for n in _WARPS):
@@ -134,10 +155,35 @@ class Augment:
     # -- exact pixel moves -------------------------------------------------------------------------
 
     def crop(self, x: Tensor, g: torch.Generator | None, flip: bool = False) -> Tensor:
+        """The paper's random crop: a random `crop_size` window of each image, then per-image whitening."""
+        return whiten(self.window(x, g, flip))
+
+    def window(self, x: Tensor, g: torch.Generator | None, flip: bool = False) -> Tensor:
+        """A random min(H, s) x min(W, s) window of each image [B,C,H,W] (s = crop_size), by one gather.
+
+        The top-left corner is uniform over 0..H-h and 0..W-w. With `flip`, the horizontal flip is read
+        in the same gather; random numbers are drawn as offsets (rows, then columns), then flips, so
+        `flip(window(x))` with the same generator state gives the same result.
+        """
+        b, c, big_h, big_w = x.shape
+        h, w = min(big_h, self.crop_size), min(big_w, self.crop_size)
+        dev = x.device
+        dy = torch.randint(0, big_h - h + 1, (b,), generator=g, device=dev)
+        dx = torch.randint(0, big_w - w + 1, (b,), generator=g, device=dev)
+        cols = torch.arange(w, device=dev).expand(b, w)
+        if flip:
+            flipped = torch.rand(b, generator=g, device=dev) < self.flip_p
+            cols = torch.where(flipped[:, None], cols.flip(1), cols)
+        rows = dy[:, None] + torch.arange(h, device=dev)  # [B,h] source rows
+        idx = rows[:, :, None] * big_w + (dx[:, None] + cols)[:, None, :]  # [B,h,w] flat source positions
+        idx = idx.view(b, 1, h * w).expand(b, c, h * w)
+        return torch.gather(x.reshape(b, c, big_h * big_w), 2, idx).view(b, c, h, w)
+
+    def padcrop(self, x: Tensor, g: torch.Generator | None, flip: bool = False) -> Tensor:
         """Random crop of the zero-padded image back to HxW: an integer shift in [-pad, pad]^2.
 
         With `flip`, the horizontal flip is folded into the same gather (reading columns right to
-        left); it draws the same random numbers as `flip(crop(x))`, so the result is identical.
+        left); it draws the same random numbers as `flip(padcrop(x))`, so the result is identical.
         """
         b, c, h, w = x.shape
         p = self.crop_pad

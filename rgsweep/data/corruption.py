@@ -10,6 +10,13 @@
   deviation of the original training set (pixel units /255); not clipped; labels kept.
 
 Input corruptions apply to the training and test images alike; label noise to training labels only.
+They act on the images they are given, and the trial gives them the pixels the model sees
+(`rgsweep.train.prepare_data`): under the `paper` preset the centre 28x28 window of a larger image
+(so shuffled pixels permute all 784 seen positions of a CIFAR image, and the border it never sees
+stays out), under `standard` and `none` the whole image. With the paper's random crop (`augment:
+[crop]`) the model sees a different window each epoch, so the two shuffles are refused there (config
+error) and `gaussian` fills the whole image, with the statistics of the whole image, before windows
+are taken.
 Two extensions from the seed projects: `corrupt_fraction` corrupts the pixels of only a random
 share of the images in each split, and `pixel_fraction` makes the two shuffles permute only a
 random share of the pixel positions among themselves (the others stay in place).

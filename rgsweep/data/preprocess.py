@@ -8,6 +8,10 @@ Presets:
 - ``standard``: per-channel normalisation with the training set's mean and std, applied to both splits.
 - ``none``: the tensors are returned as they are.
 
+With the paper's random crop (`augment: [crop]`, see `rgsweep.data.augment`), this preset is what the
+model sees at evaluation (the centre window, whitened once); training batches are random windows of
+the full-size images, whitened per batch on the device by the crop itself.
+
 Inputs are float [N,C,H,W] in /255 units (uint8 is converted to that). Memory: the outputs are the
 only full-size allocations (one subtraction into a new tensor, then in-place ops; the squares are
 summed in chunks of images). Sums use `sum`/`mean`, which are pairwise on CPU and tree reductions on
@@ -22,6 +26,7 @@ import torch
 from torch import Tensor
 
 PREPROCESS = ("paper", "standard", "none")
+CROP_SIZE = 28  # the paper's window (Appendix A: the centre 28x28 of CIFAR's 32x32)
 CHUNK = 4096  # images per chunk for the sums of squares: bounds temporaries to ~50 MB at 3x32x32
 
 
@@ -49,7 +54,7 @@ def whiten(x: Tensor) -> Tensor:
     return out
 
 
-def preprocess(x_train: Tensor, x_test: Tensor, preset: str, crop: int = 28) -> tuple[Tensor, Tensor]:
+def preprocess(x_train: Tensor, x_test: Tensor, preset: str, crop: int = CROP_SIZE) -> tuple[Tensor, Tensor]:
     """Apply `preset` to both splits; statistics (``standard``) come from the training split only."""
     if preset not in PREPROCESS:
         raise ValueError(f"unknown preprocess {preset!r}; allowed: {', '.join(PREPROCESS)}")
