@@ -139,11 +139,14 @@ def prepare_data(config: TrialConfig, device: torch.device) -> TrialData:
         pixel_fraction=config.pixel_fraction,
         seed=config.corruption_seed,
     )
-    x_train_full = c.x_train.to(device)
-    # Evaluation inputs: the preset (under paper: the centre window, whitened once). preprocess leaves
-    # its input untouched, so the full-size images stay as they are for the random crop's windows.
-    xtr, xev = preprocess(x_train_full, c.x_test.to(device), config.preprocess)
-    x_crop = x_train_full.contiguous() if paper_crop_on(config, x_train_full.shape) else None
+    xtr, xev = c.x_train.to(device), c.x_test.to(device)
+    x_crop = None
+    if paper_crop_on(config, xtr.shape):
+        # Training windows are cut from the full images; evaluation sees the centre window, cut here as
+        # it is without the crop (the same bits), then whitened once by the preset.
+        x_crop = xtr
+        xtr, xev = center_crop(xtr, CROP_SIZE).contiguous(), center_crop(xev, CROP_SIZE).contiguous()
+    xtr, xev = preprocess(xtr, xev, config.preprocess)
     n_test = len(x_test)
     return TrialData(
         x_train=xtr.contiguous(),

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from datafiles import write_image_folder
 
 from rgsweep.config import make_config
 from rgsweep.packed import check_packable, pack_groups, train_packed
@@ -170,3 +171,31 @@ def test_mlp_packed_with_per_trial_momentum_and_weight_decay_matches_one_by_one(
                    [{"momentum": 0.8, "seed": s, "weight_decay": 5e-4} for s in range(3)]):
         cfgs = configs("mlp1x512", trials, lr=0.05, epochs=3)
         assert_same_curves(one_by_one(cfgs), packed(cfgs), loss_rtol=1e-4, acc_atol=1 / 600 + 1e-6)
+
+
+def test_paper_crop_packed_matches_one_by_one(tmp_path):
+    # 32x32 images: two trials train on random 28x28 windows of their own full-size images (one with noisy
+    # labels), one on the centre window without a crop; all are evaluated on the centre window.
+    write_image_folder(tmp_path, n_train=10, n_test=4, size=(32, 32))
+    trials = [{"seed": 0, "augment": ["crop", "flip"]}, {"seed": 1, "augment": ["crop"], "label_noise": 0.5},
+              {"seed": 2}]
+    cfgs = configs("mlp1x512", trials, dataset=f"imagefolder:{tmp_path}", preprocess="paper", lr=0.01,
+                   batch_size=8)
+    expected, got = one_by_one(cfgs), packed(cfgs)
+    assert_same_curves(expected, got, loss_rtol=1e-4, acc_atol=1 / 30 + 1e-6)
+    assert expected[0][1][-1]["train_loss"] != expected[2][1][-1]["train_loss"]
+
+
+def test_test_schedule_packed_matches_one_by_one():
+    # eval_every 100: the clean trial fits between scheduled evaluations, while the other is still packed
+    # with it (its last epoch gets the test set on its own); the random-label trial runs out of epochs
+    # at 5 (scheduled: its last epoch).
+    trials = [{"seed": 0, "fit_threshold": 0.99, "epochs": 60}, {"seed": 1, "label_noise": 1.0, "epochs": 5}]
+    cfgs = configs("mlp1x512", trials, lr=0.05, eval_every=100)
+    expected, got = one_by_one(cfgs), packed(cfgs)
+    assert_same_curves(expected, got, loss_rtol=1e-4, acc_atol=1 / 600 + 1e-6)
+    (fit, fit_reports), (rand, rand_reports) = got
+    assert fit["stop_reason"] == "fitted" and fit["epochs_run"] < 5 and rand["epochs_run"] == 5
+    for reports in (fit_reports, rand_reports):
+        assert "test_acc" in reports[-1] and not any("test_acc" in m for m in reports[:-1])
+    assert fit["final_test_acc"] == pytest.approx(expected[0][0]["final_test_acc"], abs=1 / 200 + 1e-6)

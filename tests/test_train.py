@@ -104,3 +104,37 @@ def test_every_model_trains_one_epoch_with_augmentation(arch):
                               augment=["padcrop", "flip", "erase", "jitter"], preprocess="paper")
     assert len(reports) == 1 and math.isfinite(reports[0]["train_loss"])
     assert summary["num_params"] > 0
+
+
+# -- the test-set evaluation schedule (eval_every) -------------------------------------------------------
+TRAIN_KEYS = ("train_loss", "train_acc", "train_acc_clean", "lr", "steps")
+
+
+def test_eval_every_evaluates_the_test_set_on_schedule_and_at_the_last_epoch():
+    _, s1, r1 = run(epochs=7, fit_threshold=None, seed=2)
+    _, s3, r3 = run(epochs=7, fit_threshold=None, seed=2, eval_every=3)
+    assert [m["epoch"] for m in r3 if "test_acc" in m] == [3, 6, 7]
+    assert all(("test_loss" in m) == ("gen_gap" in m) == ("test_acc" in m) for m in r3)
+    for a, b in zip(r1, r3):  # the schedule changes what is measured, never the training
+        assert [b[k] for k in TRAIN_KEYS] == [a[k] for k in TRAIN_KEYS]
+        if "test_acc" in b:
+            assert (b["test_acc"], b["test_loss"], b["gen_gap"]) == (a["test_acc"], a["test_loss"], a["gen_gap"])
+    for key in ("final_train_acc", "final_test_acc", "final_gen_gap", "final_train_loss", "epochs_run"):
+        assert s3[key] == s1[key], key
+    assert s3["best_test_acc"] == max(m["test_acc"] for m in r3 if "test_acc" in m)
+
+
+def test_a_run_that_fits_between_test_evaluations_ends_on_the_full_test_set(monkeypatch):
+    import rgsweep.train as train_module
+
+    _, s1, r1 = run(epochs=60, fit_threshold=0.99)
+    syncs = []
+    read = train_module.read_host
+    monkeypatch.setattr(train_module, "read_host", lambda values: syncs.append(list(values)) or read(values))
+    _, s, r = run(epochs=60, fit_threshold=0.99, eval_every=1000)
+    assert s["fitted"] and s["stop_reason"] == "fitted" and len(r) == len(r1) < 60
+    assert "test_acc" in r[-1] and not any("test_acc" in m for m in r[:-1])
+    assert (s["final_test_acc"], s["final_gen_gap"]) == (s1["final_test_acc"], s1["final_gen_gap"])
+    assert r[-1]["test_acc"] == r1[-1]["test_acc"]
+    # One host sync per epoch, and one more for the fitted epoch's test set.
+    assert len(syncs) == len(r) + 1 and syncs[-1] == ["test_loss", "test_acc"]
