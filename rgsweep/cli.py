@@ -47,7 +47,8 @@ TRAIN_FLAGS: list[tuple[str, dict[str, Any]]] = [
     ("--pixel-fraction", {"type": float, "help": "share of pixel positions a shuffle permutes"}),
     ("--corruption-seed", {"type": int}),
     ("--preprocess", {"help": "paper | standard | none"}),
-    ("--augment", {"help": "comma-separated: crop,flip,erase,rotate,affine,jitter,perspective (or none)"}),
+    ("--augment", {"help": "comma-separated: crop (the paper's random 28x28 window, needs --preprocess paper), "
+                           "padcrop (4-pixel padded), flip, erase, rotate, affine, jitter, perspective (or none)"}),
     ("--epochs", {"type": int, "help": "maximum epochs"}),
     ("--batch-size", {"type": int}),
     ("--optimizer", {"help": "sgd | adam"}),
@@ -64,6 +65,7 @@ TRAIN_FLAGS: list[tuple[str, dict[str, Any]]] = [
     ("--seed", {"type": int, "help": "training seed"}),
     ("--device", {"help": "auto | cpu | cuda | cuda:N"}),
     ("--eval-batch-size", {"type": int}),
+    ("--eval-every", {"type": int, "help": "evaluate the full test set every N epochs and at the last (default 1)"}),
 ]
 
 

@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from rgsweep.data.augment import AUGMENTATIONS, Augment, check_augmentations, homography, resample
 from rgsweep.data.preprocess import PREPROCESS, preprocess
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (make gpu-check runs it)")
+DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, CUDA])]
 
 
 def gen(seed: int, device: str = "cpu") -> torch.Generator:
@@ -244,6 +245,7 @@ def test_names_are_checked_and_empty_is_identity():
     assert Augment(["erase", "crop", "jitter"]).names == ["crop", "jitter", "erase"]  # fixed order
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="host syncs are only observable on CUDA")
 def test_no_host_sync_on_cuda():
     x = torch.rand(256, 3, 32, 32, device="cuda")

@@ -54,7 +54,8 @@ def regularizer_setting(runs: pd.DataFrame) -> pd.Series:
     """Table 1's column per run: crop+wd, crop only, wd only, neither, random labels (None otherwise)."""
     corruption = col(runs, "corruption", "none").fillna("none")
     noise = pd.to_numeric(col(runs, "label_noise", 0.0), errors="coerce").fillna(0.0)
-    crop = col(runs, "augment", "").fillna("").astype(str).str.contains("crop")
+    # The paper's crop by its exact name in the comma-joined list (padcrop is a different regulariser).
+    crop = col(runs, "augment", "").fillna("").astype(str).str.contains(r"(?:^|,)\s*crop\s*(?:,|$)", regex=True)
     wd = pd.to_numeric(col(runs, "weight_decay", 0.0), errors="coerce").fillna(0.0) > 0
     setting = pd.Series(None, index=runs.index, dtype=object)
     clean = (corruption == "none") & (noise == 0)
