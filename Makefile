@@ -9,6 +9,7 @@ SWEEP ?= sweeps/demo.yaml
 ARGS ?=
 DATASET ?=
 DATA_DIR ?=
+DATA ?=
 HOST ?= 127.0.0.1
 PORT ?= 5000
 EXPERIMENT ?= demo
@@ -16,7 +17,7 @@ DATA_ARGS := $(if $(DATASET),--dataset $(DATASET)) $(if $(DATA_DIR),--data-dir $
 
 .DEFAULT_GOAL := help
 .PHONY: help install test test-fast lint demo sweep sweep-label-noise sweep-pixels sweep-regularizers \
-	sweep-architectures sweep-mnist tune tune-paper export report notebooks ui bench models clean
+	sweep-architectures sweep-mnist tune tune-paper export report notebooks ui bench gpu-check models clean
 
 help: ## show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-22s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -84,6 +85,9 @@ ui: install ## MLflow UI on http://$(HOST):$(PORT) over the default store
 
 bench: install ## rgsweep's loop vs the standard torchvision pipeline; trial packing; sweep overhead
 	$(BIN)/python -m benchmarks.bench --packing --sweep-overhead $(ARGS)
+
+gpu-check: install ## on a CUDA machine: CUDA tests, a packed sweep on the GPU, bench -> benchmarks/results/ (DATA=folder)
+	$(BIN)/python -m benchmarks.gpu_check $(if $(DATA),--data $(DATA)) $(ARGS)
 
 clean: ## remove caches and build leftovers (keeps mlruns/ and .venv)
 	rm -rf .pytest_cache .ruff_cache exports reports notebooks/executed benchmarks/results
