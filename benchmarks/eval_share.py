@@ -60,7 +60,13 @@ def measure(arch: str, dataset: str, subset: int | None, epochs: int, eval_every
         "test_evaluations": sum("test_acc" in m for m in epochs_seen),
         "final_test_acc": s["final_test_acc"], "final_train_acc": s["final_train_acc"],
         "epoch_times_s": [m["epoch_time_s"] for m in epochs_seen],
+        "epoch_time_with_test_s": _mean([m["epoch_time_s"] for m in epochs_seen if "test_acc" in m]),
+        "epoch_time_without_test_s": _mean([m["epoch_time_s"] for m in epochs_seen if "test_acc" not in m]),
     }
+
+
+def _mean(xs: list[float]) -> float | None:
+    return sum(xs) / len(xs) if xs else None
 
 
 def main(argv: list[str] | None = None) -> int:

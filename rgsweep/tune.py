@@ -93,6 +93,7 @@ NOT_TUNABLE = {
     "subset": "it changes the validation split", "val_fraction": "it changes the validation split",
     "corruption_seed": "it draws the validation split", "epochs": "the budget belongs to the pruner",
     "device": "it is where a trial runs", "eval_batch_size": "it does not change results",
+    "eval_every": "it does not change results (val_acc is evaluated every epoch)",
 }
 OBJECTIVES = {"val_acc": "max", "val_loss": "min"}
 
