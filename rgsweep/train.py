@@ -23,7 +23,7 @@ from rgsweep.config import TrialConfig
 from rgsweep.data.augment import Augment
 from rgsweep.data.corruption import corrupt
 from rgsweep.data.preprocess import preprocess
-from rgsweep.data.sources import balanced_subset, load_dataset
+from rgsweep.data.sources import Dataset, balanced_subset, load_dataset
 from rgsweep.models import build_model, count_params, is_convnet
 
 Report = Callable[[dict[str, Any]], Any]
@@ -77,13 +77,23 @@ class TrialData:
         return tuple(self.x_train.shape[1:])  # type: ignore[return-value]
 
 
-def prepare_data(config: TrialConfig, device: torch.device) -> TrialData:
+def prepare_data(config: TrialConfig, device: torch.device, dataset: Dataset | None = None) -> TrialData:
     """Load (cached), hold out validation from the clean train set, corrupt, preprocess, move to device.
+
+    `dataset`: the trial's data already loaded (with its subset taken), as a sweep's driver hands it
+    to its trials (rgsweep/preload.py); then no file is opened here. Its tensors are only read, never
+    written: they may be read-only memory shared with other trials. Without it, the dataset is loaded
+    from the config, relative paths from the current directory (`rgsweep train`).
 
     Corrupted inputs apply to train, validation and test alike (one shared permutation for
     shuffled pixels); label noise applies to the training labels only.
     """
-    ds = load_dataset(config.dataset, config.data_dir, config.download, config.subset)
+    if dataset is None:
+        ds = load_dataset(config.dataset, config.data_dir, config.download, config.subset)
+    elif dataset.name != config.dataset:
+        raise ValueError(f"prepare_data got dataset {dataset.name!r} for a trial of {config.dataset!r}")
+    else:
+        ds = dataset
     x_tr, y_tr = ds.x_train, ds.y_train
     x_val = y_val = None
     if config.val_fraction > 0:
@@ -214,10 +224,13 @@ def train(
     report: Report | None = None,
     *,
     data: TrialData | None = None,
+    dataset: Dataset | None = None,
     progress: bool = False,
 ) -> dict[str, Any]:
     """Train one trial. `report(metrics)` is called once per epoch (it may raise to stop the trial).
 
+    `data`: the trial's prepared tensors; else they are prepared here, from `dataset` when given (see
+    prepare_data), and the summary's `data_prep_s` says how long that took.
     Returns the run summary. Raises DivergedError when the loss is NaN/inf (after reporting that epoch).
     """
     device = resolve_device(config.device)
@@ -225,7 +238,11 @@ def train(
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
-    data = data or prepare_data(config, device)
+    data_prep_s = None
+    if data is None:
+        t_prep = time.perf_counter()
+        data = prepare_data(config, device, dataset)
+        data_prep_s = time.perf_counter() - t_prep
     torch.manual_seed(config.seed)
     model = build_model(
         config.arch, data.input_shape, data.num_classes, dropout=config.dropout,
@@ -251,7 +268,7 @@ def train(
     summary: dict[str, Any] = {
         "epochs_to_fit": None, "steps_to_fit": None, "fitted": False, "best_test_acc": 0.0,
         "num_params": count_params(model), "device": str(device), "dataset_fingerprint": data.fingerprint,
-        "torch_version": torch.__version__, "stop_reason": "max_epochs",
+        "torch_version": torch.__version__, "stop_reason": "max_epochs", "data_prep_s": data_prep_s,
     }
     best_val, since_best = -1.0, 0
     train_time = 0.0
