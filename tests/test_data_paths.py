@@ -237,7 +237,7 @@ def test_tune_with_a_missing_dataset_exits_2_and_creates_no_run(tmp_path, monkey
                                                                capsys):
     (tmp_path / "tune-missing.yaml").write_text(yaml.safe_dump({
         "name": "tune-missing", "base": {**BASE, "dataset": "imagefolder:gone", "val_fraction": 0.2},
-        "space": {"lr": {"type": "float", "low": 0.01, "high": 0.1}}, "n_trials": 1,
+        "space": {"lr": {"type": "float", "low": 0.01, "high": 0.1}}, "n_trials": 1, "pruning": {"enabled": False},
     }))
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:9")
