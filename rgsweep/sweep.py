@@ -636,7 +636,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def add_run_args(p: argparse.ArgumentParser) -> None:
     """Options shared by `rgsweep sweep` and `rgsweep tune`: data overrides, Ray, MLflow."""
     p.add_argument("--dataset", help="override the dataset of every trial")
-    p.add_argument("--data-dir", help="override the data dir of every trial")
+    p.add_argument("--data-dir", help="override the data dir of every trial (relative to the current directory)")
     p.add_argument("--download", action="store_true", help="allow downloading the dataset")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a base trial key (repeatable)")
     p.add_argument("--ray-address", help="join this Ray cluster (default $RAY_ADDRESS, else a local instance)")
