@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import time
 import traceback
 from typing import Any
 
@@ -98,7 +99,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         uri = tracking.resolve_tracking_uri(args.tracking_uri)
         device = resolve_device(config.device)
+        t_prep = time.perf_counter()
         data = prepare_data(config, device)  # data errors surface here, before any run exists
+        data_prep_s = time.perf_counter() - t_prep
     except (DatasetError, ValueError, RuntimeError) as e:
         print(f"rgsweep train: error: {e}", file=sys.stderr)
         return EXIT_USAGE
@@ -122,6 +125,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     except Exception:
         run.fail(traceback.format_exc())
         raise
+    summary["data_prep_s"] = data_prep_s
     tracking.finish_trial(run, summary)
     print(f"{name}: {summary_line(summary)} run_id={run.run_id}")
     return EXIT_OK

@@ -44,6 +44,7 @@ from torch import Tensor
 from torch.func import functional_call, stack_module_state, vmap
 
 from rgsweep.config import TrialConfig
+from rgsweep.data.sources import Dataset
 from rgsweep.models import build_model, count_params, is_convnet
 from rgsweep.train import (
     DivergedError,
@@ -221,8 +222,12 @@ def train_packed(
     reports: list[Report | None] | None = None,
     *,
     data: list[TrialData] | None = None,
+    dataset: Dataset | None = None,
 ) -> list[dict[str, Any] | Exception]:
     """Train `configs` together; `reports[k](metrics)` gets trial k's metrics once per epoch.
+
+    `data`: each trial's prepared tensors; else each is prepared here (`data_prep_s` in its summary),
+    from `dataset` when given: the loaded data they share (their dataset and subset are equal).
 
     Returns, per trial, its summary (the keys of `train()`'s, plus `pack_size`) or the exception that
     ended it: a `DivergedError` (holding the summary so far) or whatever its `report` raised.
@@ -240,11 +245,13 @@ def train_packed(
         torch.backends.cudnn.benchmark = True
     # Each trial's data prepared as train() prepares it, one trial at a time, identical inputs stored once.
     x_train, x_test, x_val = _Stack(), _Stack(), _Stack()
-    ys, noisys, y_vals, n_noisy, shapes = [], [], [], [], set()
+    ys, noisys, y_vals, n_noisy, shapes, prep_s = [], [], [], [], set(), []
     crops: list[Tensor | None] = []  # per trial: the full-size images its random crop cuts (None: no crop)
     augments = []
     for j, c in enumerate(configs):
-        d = data[j] if data is not None else prepare_data(c, device)
+        t_prep = time.perf_counter()
+        d = data[j] if data is not None else prepare_data(c, device, dataset)
+        prep_s.append(time.perf_counter() - t_prep if data is None else None)
         augments.append(make_augment(c, d))
         crops.append(_same_as_earlier(d.x_crop, crops))
         shapes.add((tuple(d.x_train.shape), d.num_classes, tuple(d.x_test.shape),
@@ -304,7 +311,7 @@ def train_packed(
 
     active = list(range(k_all))  # original index of each row of the stacked tensors
     results: list[dict[str, Any] | Exception | None] = [None] * k_all
-    summaries = [_summary(num_params, device, fingerprint, k_all) for _ in range(k_all)]
+    summaries = [_summary(num_params, device, fingerprint, k_all) | {"data_prep_s": p} for p in prep_s]
     times = [[0.0, 0.0, 0] for _ in range(k_all)]  # train time share, optim time share, samples
     rules = [StopRules(c) for c in configs]
     augmenting = any(a.names for a in augments)

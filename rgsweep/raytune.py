@@ -6,6 +6,8 @@ when it moves again, only this file changes.
   with per-trial resources, a storage path, and our MLflow callback.
 - `OptunaSearcher`, `asha(...)`: Optuna's sampler and ASHA pruning for per-epoch trials (tune.py).
 - `report(metrics)`: what a trainable calls once per epoch.
+- `put_datasets(...)` / `get_dataset(handle)`: the driver's decoded datasets through the object store
+  (run_trials(datasets=...) does the put; a trainable gets its one).
 - `TrackingCallback`: a `tune.Callback` base whose hooks receive plain ids and dicts, so the MLflow
   logic (sweep.py, tune.py) never touches Ray's Trial objects.
 """
@@ -25,6 +27,8 @@ import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
+
+from rgsweep.data.sources import Dataset
 
 log = logging.getLogger(__name__)
 
@@ -109,9 +113,13 @@ def run_trials(
     verbose: int = 1,
     parameters: dict[str, Any] | None = None,
     parameter_columns: list[str] | None = None,
+    datasets: dict[str, Dataset] | None = None,
 ) -> None:
     """Run trials on Ray Tune. Never raises for a failed trial (failures are recorded by the callback);
-    a SIGINT makes Tune stop the trials and return."""
+    a SIGINT makes Tune stop the trials and return.
+
+    `datasets` (data key -> Dataset, loaded by the driver) go into the object store once; the trainable
+    receives `datasets=` {data key: handle} and calls `get_dataset(handle)` for the one it trains on."""
     # Ray's classic reporter: a compact table every 30 s with the epoch metrics that matter, instead
     # of the new engine's per-trial boxes (which bury the table on sweeps of hundreds of trials).
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
@@ -122,12 +130,15 @@ def run_trials(
         max_column_length=48,
         sort_by_metric=False,
     )
+    shared = dict(parameters or {})
+    if datasets is not None:
+        shared["datasets"] = put_datasets(datasets)
     if payloads is not None:
         # Ray's table shows the readable names; the payloads travel once, in the object store.
         param_space = {"trial": tune.grid_search(list(payloads))}
-        trainable = tune.with_parameters(trainable, payloads=payloads)
-    elif parameters:
-        trainable = tune.with_parameters(trainable, **parameters)
+        shared["payloads"] = payloads
+    if shared:
+        trainable = tune.with_parameters(trainable, **shared)
     tuner = tune.Tuner(
         tune.with_resources(trainable, resources),
         param_space=param_space or {},
@@ -146,6 +157,32 @@ def run_trials(
         ),
     )
     tuner.fit()  # outcomes are read from MLflow, which the callback keeps; Ray's own view is not needed
+
+
+def put_datasets(datasets: dict[str, Dataset]) -> dict[str, dict[str, Any]]:
+    """Each dataset's uint8/int64 arrays into the object store, each array once (two subsets of one dataset
+    share its test split). Returns small handles (names, classes, fingerprint, object refs) that travel
+    with the trials; the arrays move only to the nodes whose trials read them."""
+    refs: dict[int, ray.ObjectRef] = {}  # id(tensor) -> its ref; the tensors live as long as `datasets`
+    handles = {}
+    for key, ds in datasets.items():
+        arrays = {}
+        for name, array in ds.arrays().items():
+            t = getattr(ds, name)
+            if id(t) not in refs:
+                refs[id(t)] = ray.put(array)
+            arrays[name] = refs[id(t)]
+        handles[key] = {"name": ds.name, "classes": list(ds.classes), "fingerprint": ds.fingerprint(),
+                        "arrays": arrays}
+    return handles
+
+
+def get_dataset(handle: dict[str, Any]) -> Dataset:
+    """A trial's dataset from the object store. The arrays reach a node once (the driver's node holds them
+    already); trials on that node then read them in place: zero-copy, read-only memory they all share."""
+    names = list(handle["arrays"])
+    arrays = dict(zip(names, ray.get([handle["arrays"][n] for n in names])))
+    return Dataset.from_arrays(handle["name"], arrays, handle["classes"], handle["fingerprint"])
 
 
 def trial_resources() -> dict[str, float]:

@@ -35,7 +35,6 @@ import math
 import os
 import sys
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +44,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from rgsweep import tracking
 from rgsweep.config import ConfigError, TrialConfig, load_yaml, make_config
+from rgsweep.preload import SweepData, preload
 
 SUMMARY_KEY = "rgsweep_summary"
 DEFAULT_SMOKE = {"dataset": "synthetic", "data_dir": None, "subset": None, "epochs": 2, "download": False}
@@ -181,9 +181,10 @@ def expand(
 
 
 # -- the trainable (runs on a Ray worker) ---------------------------------------------------------
-def trainable(config: dict[str, Any], payloads: dict[str, dict[str, Any]]) -> None:
-    """Thin Ray adapter around `train` (or `train_packed` for a pack of trials): reads the payload,
-    sets threads, reports each epoch tagged with the member it belongs to, then each summary."""
+def trainable(config: dict[str, Any], payloads: dict[str, dict[str, Any]], datasets: dict[str, Any]) -> None:
+    """Thin Ray adapter around `train` (or `train_packed` for a pack of trials): reads the payload and its
+    dataset (from the object store: no file is opened here), sets threads, reports each epoch tagged with
+    the member it belongs to, then each summary."""
     import torch
 
     from rgsweep import raytune
@@ -193,6 +194,9 @@ def trainable(config: dict[str, Any], payloads: dict[str, dict[str, Any]]) -> No
     cpus = raytune.trial_resources().get("CPU", 1) or 1
     torch.set_num_threads(max(1, int(cpus)))
     members = payload["members"]
+    t_fetch = time.perf_counter()
+    dataset = raytune.get_dataset(datasets[payload["data"]])  # a pack's members share their data
+    fetch_s = time.perf_counter() - t_fetch
 
     configs = [TrialConfig(**m["config"]) for m in members]
     interval = payload.get("report_interval", REPORT_INTERVAL_S)
@@ -200,13 +204,13 @@ def trainable(config: dict[str, Any], payloads: dict[str, dict[str, Any]]) -> No
     try:
         if len(members) == 1:
             try:
-                results: list[Any] = [train(configs[0], reports[0])]
+                results: list[Any] = [train(configs[0], reports[0], dataset=dataset)]
             except DivergedError as e:
                 results = [e]
         else:
             from rgsweep.packed import train_packed
 
-            results = train_packed(configs, reports)
+            results = train_packed(configs, reports, dataset=dataset)
     finally:  # a trial that raises still sends the epochs it trained, so its FAILED run has its curve
         for r in reports:
             r.flush()
@@ -219,6 +223,7 @@ def trainable(config: dict[str, Any], payloads: dict[str, dict[str, Any]]) -> No
             summary, status = {"error": f"{type(res).__name__}: {res}"}, "failed"
         else:
             summary, status = res, "finished"
+        summary["data_fetch_s"] = fetch_s
         last = summary.pop("last_epoch", None) or {}
         # The last epoch's numbers ride along so Ray's table shows them for finished trials too.
         raytune.report({**last, "member": m["name"],
@@ -464,18 +469,26 @@ def run_sweep(
     inject_failure: dict[str, int] | None = None,
     verbose: int = 1,
     report_interval: float = REPORT_INTERVAL_S,
+    data: SweepData | None = None,
 ) -> tuple[int, dict[str, int]]:
     """Run (or resume) a sweep; returns (exit code, counts). Trials send their epochs to the driver at
-    most every `report_interval` seconds (0: every epoch, one round trip each; see EpochBuffer)."""
+    most every `report_interval` seconds (0: every epoch, one round trip each; see EpochBuffer).
+
+    `data`: the sweep's datasets, as `preload(t.config for t in plan.trials)` (rgsweep/preload.py)
+    returns them; when None they are loaded here first, before any MLflow run or Ray. Passing them lets
+    a caller run the driver in stages: load the data, then (a test) move the data folder away, then
+    run the trials, which get the data from the object store and open no dataset file."""
     from rgsweep import raytune
 
+    if data is None:
+        data = preload(t.config for t in plan.trials)
     tracker = SweepTracker(plan, tracking_uri, resume, rerun_failed)
     todo = tracker.open()
     print(f"sweep {plan.spec.name!r}: {len(plan.trials)} trials, {len(todo)} to run "
           f"(parent run {tracker.parent.run_id}, experiment {plan.experiment!r})", flush=True)
     interrupted = False
     if todo:
-        payloads = make_payloads(todo, plan.spec.pack, inject_failure)
+        payloads = make_payloads(todo, plan.spec.pack, inject_failure, data)
         for p in payloads.values():
             p["report_interval"] = report_interval
         if len(payloads) < len(todo):
@@ -489,6 +502,7 @@ def run_sweep(
                 trainable, name=f"{plan.spec.name}-{time.strftime('%Y%m%d-%H%M%S')}",
                 storage_path=storage, resources=resources,
                 callbacks=[TrackerCallback.make(tracker)], payloads=payloads,
+                datasets=data.select(t.config for t in todo),
                 max_concurrent=max_concurrent or plan.spec.max_concurrent, verbose=verbose,
             )
         except KeyboardInterrupt:
@@ -512,9 +526,10 @@ PACK_SEP = "|"  # a packed Ray trial is named by its members' names joined with 
 
 
 def make_payloads(
-    todo: list[Trial], pack: int, inject_failure: dict[str, int] | None = None,
+    todo: list[Trial], pack: int, inject_failure: dict[str, int] | None = None, data: SweepData | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """One payload per Ray trial: a single trial, or (pack > 1) a pack of compatible trials."""
+    """One payload per Ray trial: a single trial, or (pack > 1) a pack of compatible trials; with `data`,
+    each names the dataset it trains on (`data`: its key; a pack's members share dataset and subset)."""
     groups = [[i] for i in range(len(todo))]
     if pack > 1:
         from rgsweep.packed import pack_groups
@@ -529,7 +544,10 @@ def make_payloads(
             if inject_failure and t.name in inject_failure:
                 m["inject_failure"] = inject_failure[t.name]
             members.append(m)
-        payloads[PACK_SEP.join(m["name"] for m in members)] = {"members": members}
+        payload: dict[str, Any] = {"members": members}
+        if data is not None:
+            payload["data"] = data.key(todo[group[0]].config)
+        payloads[PACK_SEP.join(m["name"] for m in members)] = payload
     return payloads
 
 
@@ -604,37 +622,21 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         if plan.spec.pack > 1:
             print(packing_line(len(plan.trials), len(make_payloads(plan.trials, plan.spec.pack)), plan.spec.pack))
         return 0
-    if not (args.ray_address or os.environ.get("RAY_ADDRESS")):
-        # A missing dataset fails here, before Ray starts and before any run exists.
-        check_data(t.config for t in plan.trials)
+    # Every dataset resolved from here, downloaded, checked and decoded once, with or without a cluster:
+    # a missing one fails here (exit 2), before Ray starts and before any run exists.
+    data = preload(t.config for t in plan.trials)
     code, _ = run_sweep(
         plan, tracking_uri=args.tracking_uri, resume=args.resume, rerun_failed=args.rerun_failed,
         ray_address=args.ray_address, storage_path=args.storage_path, max_concurrent=args.max_concurrent,
-        num_cpus=args.num_cpus,
+        num_cpus=args.num_cpus, data=data,
     )
     return code
-
-
-def check_data(configs: Iterable[TrialConfig]) -> None:
-    """Load each distinct dataset once (this also fills the decode cache the trials then read)."""
-    from rgsweep.data.sources import DatasetError, load_dataset
-
-    seen = set()
-    for c in configs:
-        k = (c.dataset, c.data_dir, c.download, c.subset)
-        if k in seen:
-            continue
-        seen.add(k)
-        try:
-            load_dataset(c.dataset, c.data_dir, c.download, c.subset)
-        except (DatasetError, ValueError) as e:
-            raise ConfigError(str(e)) from None
 
 
 def add_run_args(p: argparse.ArgumentParser) -> None:
     """Options shared by `rgsweep sweep` and `rgsweep tune`: data overrides, Ray, MLflow."""
     p.add_argument("--dataset", help="override the dataset of every trial")
-    p.add_argument("--data-dir", help="override the data dir of every trial")
+    p.add_argument("--data-dir", help="override the data dir of every trial (relative to the current directory)")
     p.add_argument("--download", action="store_true", help="allow downloading the dataset")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a base trial key (repeatable)")
     p.add_argument("--ray-address", help="join this Ray cluster (default $RAY_ADDRESS, else a local instance)")

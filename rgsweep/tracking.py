@@ -27,6 +27,8 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
+from rgsweep.data.sources import data_location
+
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 TAG = "rgsweep."
 T = TypeVar("T")
@@ -301,6 +303,9 @@ def run_name(config: Any, keys: Iterable[str] = ("label_noise",)) -> str:
 def trial_tags(config: Any, sweep: str | None = None, kind: str = "trial") -> dict[str, str]:
     tags = {TAG + "kind": kind, TAG + "trial_key": config.key(), TAG + "git_commit": git_commit(),
             TAG + "dataset": config.dataset}
+    where = data_location(config.dataset, config.data_dir)  # called in the driver: its directory, as preload
+    if where is not None:
+        tags[TAG + "data_path"] = str(where)
     if sweep:
         tags[TAG + "sweep"] = sweep
     return tags

@@ -23,7 +23,7 @@ from rgsweep.config import TrialConfig
 from rgsweep.data.augment import Augment
 from rgsweep.data.corruption import corrupt
 from rgsweep.data.preprocess import CROP_SIZE, center_crop, preprocess
-from rgsweep.data.sources import balanced_subset, load_dataset
+from rgsweep.data.sources import Dataset, balanced_subset, load_dataset
 from rgsweep.models import build_model, count_params, is_convnet
 
 Report = Callable[[dict[str, Any]], Any]
@@ -107,14 +107,24 @@ def make_augment(config: TrialConfig, data: TrialData) -> Augment:
     return Augment([n for n in config.augment if n != "crop" or data.x_crop is not None])
 
 
-def prepare_data(config: TrialConfig, device: torch.device) -> TrialData:
+def prepare_data(config: TrialConfig, device: torch.device, dataset: Dataset | None = None) -> TrialData:
     """Load (cached), hold out validation from the clean train set, corrupt, preprocess, move to device.
+
+    `dataset`: the trial's data already loaded (with its subset taken), as a sweep's driver hands it
+    to its trials (rgsweep/preload.py); then no file is opened here. Its tensors are only read, never
+    written: they may be read-only memory shared with other trials. Without it, the dataset is loaded
+    from the config, relative paths from the current directory (`rgsweep train`).
 
     Corrupted inputs apply to train, validation and test alike (one shared permutation for
     shuffled pixels), on the pixels the model sees (`seen_pixels`); label noise applies to the
     training labels only. With the paper's random crop, `x_crop` keeps the full-size training images.
     """
-    ds = load_dataset(config.dataset, config.data_dir, config.download, config.subset)
+    if dataset is None:
+        ds = load_dataset(config.dataset, config.data_dir, config.download, config.subset)
+    elif dataset.name != config.dataset:
+        raise ValueError(f"prepare_data got dataset {dataset.name!r} for a trial of {config.dataset!r}")
+    else:
+        ds = dataset
     x_tr, y_tr = ds.x_train, ds.y_train
     x_val = y_val = None
     if config.val_fraction > 0:
@@ -341,10 +351,13 @@ def train(
     report: Report | None = None,
     *,
     data: TrialData | None = None,
+    dataset: Dataset | None = None,
     progress: bool = False,
 ) -> dict[str, Any]:
     """Train one trial. `report(metrics)` is called once per epoch (it may raise to stop the trial).
 
+    `data`: the trial's prepared tensors; else they are prepared here, from `dataset` when given (see
+    prepare_data), and the summary's `data_prep_s` says how long that took.
     Returns the run summary. Raises DivergedError when the loss is NaN/inf (after reporting that epoch).
     The test set is evaluated on the epochs `test_due` names and on the run's last epoch; `test_loss`,
     `test_acc` and `gen_gap` are reported on exactly those epochs, and `best_test_acc` is their best.
@@ -354,7 +367,11 @@ def train(
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
-    data = data or prepare_data(config, device)
+    data_prep_s = None
+    if data is None:
+        t_prep = time.perf_counter()
+        data = prepare_data(config, device, dataset)
+        data_prep_s = time.perf_counter() - t_prep
     torch.manual_seed(config.seed)
     model = build_model(
         config.arch, data.input_shape, data.num_classes, dropout=config.dropout,
@@ -382,7 +399,7 @@ def train(
     summary: dict[str, Any] = {
         "epochs_to_fit": None, "steps_to_fit": None, "fitted": False, "best_test_acc": 0.0,
         "num_params": count_params(model), "device": str(device), "dataset_fingerprint": data.fingerprint,
-        "torch_version": torch.__version__, "stop_reason": "max_epochs",
+        "torch_version": torch.__version__, "stop_reason": "max_epochs", "data_prep_s": data_prep_s,
     }
     train_time = 0.0
     samples = 0

@@ -69,6 +69,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from rgsweep import tracking
 from rgsweep.config import ConfigError, TrialConfig, load_yaml, make_config
+from rgsweep.preload import SweepData, preload
 from rgsweep.sweep import (
     DEFAULT_SMOKE,
     EPOCH_KEYS,
@@ -76,7 +77,6 @@ from rgsweep.sweep import (
     Resources,
     TrackerCallback,
     add_run_args,
-    check_data,
     default_storage,
     fit_resources,
     overrides_from_args,
@@ -330,9 +330,10 @@ def plan_tuning(
 
 
 # -- the trainable (runs on a Ray worker) ---------------------------------------------------------
-def trainable(config: dict[str, Any], base: dict[str, Any]) -> None:
-    """Train one sampled config; report every epoch (ASHA and Optuna read `val_acc` from them), then a
-    summary result that marks the trial as ended by itself (not pruned) and carries the run summary."""
+def trainable(config: dict[str, Any], base: dict[str, Any], datasets: dict[str, Any]) -> None:
+    """Train one sampled config on the study's dataset (from the object store); report every epoch (ASHA
+    and Optuna read `val_acc` from them), then a summary result that marks the trial as ended by itself
+    (not pruned) and carries the run summary."""
     import torch
 
     from rgsweep import raytune
@@ -340,6 +341,10 @@ def trainable(config: dict[str, Any], base: dict[str, Any]) -> None:
 
     cfg = trial_config(base, config)
     torch.set_num_threads(max(1, int(raytune.trial_resources().get("CPU", 1) or 1)))
+    t_fetch = time.perf_counter()
+    (handle,) = datasets.values()  # one dataset per study: dataset, data_dir and subset are not tunable
+    dataset = raytune.get_dataset(handle)
+    fetch_s = time.perf_counter() - t_fetch
     last: dict[str, Any] = {}
 
     def report(metrics: dict[str, Any]) -> None:
@@ -348,10 +353,11 @@ def trainable(config: dict[str, Any], base: dict[str, Any]) -> None:
         raytune.report(metrics)
 
     try:
-        summary, status = train(cfg, report), "complete"
+        summary, status = train(cfg, report, dataset=dataset), "complete"
     except DivergedError as e:
         summary, status = e.summary, "diverged"
     summary.pop("last_epoch", None)
+    summary["data_fetch_s"] = fetch_s
     # The last epoch's numbers ride along: Optuna's value is this result's val_acc (that epoch's).
     raytune.report({**last, FAILED_KEY: status == "diverged",
                     SUMMARY_KEY: json.dumps({"status": status, **summary}, default=str)})
@@ -549,10 +555,14 @@ def run_tune(
     num_cpus: int | None = None,
     baseline_out: str | Path | None = None,
     verbose: int = 1,
+    data: SweepData | None = None,
 ) -> tuple[int, dict[str, Any]]:
-    """Run (or resume) a study; returns (exit code, stats incl. the baseline path when one was written)."""
+    """Run (or resume) a study; returns (exit code, stats incl. the baseline path when one was written).
+    `data`: the study's dataset, as `preload([plan.base])` returns it (loaded here first when None)."""
     from rgsweep import raytune
 
+    if data is None:
+        data = preload([plan.base])
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     resume = resume and not plan.smoke  # a smoke study is throwaway: always a new one
     client = tracking.get_client(tracking_uri)  # the MLflow schema, once, before trials fan out
@@ -588,6 +598,7 @@ def run_tune(
             resources=resources, callbacks=[TrackerCallback.make(tracker)], search_alg=searcher, scheduler=scheduler,
             num_samples=plan.n_trials, max_concurrent=max_concurrent or plan.spec.max_concurrent,
             parameters={"base": tracker.base}, parameter_columns=list(plan.space), verbose=verbose,
+            datasets=data.select([plan.base]),
         )
     except KeyboardInterrupt:
         interrupted = True
@@ -673,12 +684,11 @@ def cmd_tune(args: argparse.Namespace) -> int:
         uri = tracking.resolve_tracking_uri(args.tracking_uri)
         print(describe(plan, args.storage or default_optuna_storage(uri)))
         return 0
-    if not (args.ray_address or os.environ.get("RAY_ADDRESS")):
-        check_data([plan.base])  # a missing dataset fails here, before Ray starts and before any run exists
+    data = preload([plan.base])  # resolved here, checked, loaded once: a missing dataset fails before Ray and any run
     code, _ = run_tune(
         plan, tracking_uri=args.tracking_uri, storage_url=args.storage, resume=args.resume, restart=args.restart,
         ray_address=args.ray_address, storage_path=args.storage_path, max_concurrent=args.max_concurrent,
-        num_cpus=args.num_cpus, baseline_out=args.baseline_out,
+        num_cpus=args.num_cpus, baseline_out=args.baseline_out, data=data,
     )
     return code
 

@@ -84,6 +84,27 @@ class Dataset:
             self._fingerprint = h.hexdigest()[:12]
         return self._fingerprint
 
+    # A Dataset as plain numpy arrays and back: how the driver hands it to trials (Ray's object store).
+    ARRAYS = ("x_train", "y_train", "x_test", "y_test")
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The four tensors as numpy arrays sharing their memory (no copy)."""
+        return {k: getattr(self, k).numpy() for k in self.ARRAYS}
+
+    @classmethod
+    def from_arrays(cls, name: str, arrays: dict[str, np.ndarray], classes: list[str],
+                    fingerprint: str | None = None) -> Dataset:
+        """Tensors on `arrays`' memory, without a copy. Arrays read zero-copy from Ray's object store are
+        read-only: torch cannot mark a tensor read-only, so it warns once per array, and we silence that
+        warning here. Nothing may write into these tensors: prepare_data (corruption, preprocessing) only
+        reads them and writes its results into new tensors (tests/test_data_paths.py checks that)."""
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            t = {k: torch.from_numpy(arrays[k]) for k in cls.ARRAYS}
+        ds = cls(name, t["x_train"], t["y_train"], t["x_test"], t["y_test"], list(classes))
+        ds._fingerprint = fingerprint
+        return ds
+
 
 # -- names and defaults ---------------------------------------------------------------------------
 
@@ -100,6 +121,33 @@ def default_data_dir() -> Path:
     return Path(os.environ.get("RGSWEEP_DATA") or "./data")
 
 
+# -- where the files are --------------------------------------------------------------------------
+# A relative location means "relative to where the user ran the command". Ray Tune runs each trial in
+# its own directory, so locations are resolved in the driver (`cwd` defaults to the process's current
+# directory) and trials receive decoded data, never a path (rgsweep/preload.py).
+
+
+def _absolute(p: str | Path, cwd: str | Path | None) -> Path:
+    p = Path(p).expanduser()
+    return (p if p.is_absolute() else Path(cwd or os.getcwd()) / p).resolve()
+
+
+def resolve_data_dir(data_dir: str | Path | None, cwd: str | Path | None = None) -> Path:
+    """The absolute data folder: `data_dir`, else $RGSWEEP_DATA, else ./data; `~` expanded, relative to `cwd`."""
+    return _absolute(data_dir if data_dir is not None else default_data_dir(), cwd)
+
+
+def data_location(name: str, data_dir: str | Path | None = None, cwd: str | Path | None = None) -> Path | None:
+    """The absolute folder `name`'s files are read from (None for digits and synthetic: no files)."""
+    if name.startswith(IMAGEFOLDER):
+        return _absolute(name[len(IMAGEFOLDER):], cwd)
+    if name == "cifar10":
+        return resolve_data_dir(data_dir, cwd) / CIFAR_DIR
+    if name in IDX_DATASETS:
+        return resolve_data_dir(data_dir, cwd) / IDX_DATASETS[name][0] / "raw"
+    return None
+
+
 def default_cache_dir() -> Path:
     return Path(os.environ.get("RGSWEEP_CACHE") or Path.home() / ".cache" / "rgsweep")
 
@@ -113,13 +161,18 @@ def load_dataset(
     download: bool = False,
     subset: int | None = None,
     cache_dir: str | Path | None = None,
+    cwd: str | Path | None = None,
 ) -> Dataset:
-    """Load a dataset by name as uint8 CPU tensors; `subset` keeps a class-balanced part of TRAIN only."""
+    """Load a dataset by name as uint8 CPU tensors; `subset` keeps a class-balanced part of TRAIN only.
+
+    Relative locations (`data_dir`, $RGSWEEP_DATA, ./data, `imagefolder:PATH`) are taken from `cwd`
+    (default: the current directory); the Dataset keeps `name` as given.
+    """
     try:
         check_dataset_name(name)
     except ValueError as e:
         raise DatasetError(str(e)) from None
-    root = Path(data_dir if data_dir is not None else default_data_dir()).expanduser().resolve()
+    root = resolve_data_dir(data_dir, cwd)
     cache = Path(cache_dir if cache_dir is not None else default_cache_dir()).expanduser()
 
     if name == "digits":
@@ -134,18 +187,21 @@ def load_dataset(
         ds = _cached(name, files["x_train"].parent, list(files.values()), cache,
                      lambda: _read_idx_dataset(name, files))
     else:
-        folder = Path(name[len(IMAGEFOLDER):]).expanduser().resolve()
+        folder = _absolute(name[len(IMAGEFOLDER):], cwd)
         listing = _list_image_folder(folder)
         files = [p for split in listing.values() for _, p in split]
         ds = _cached(name, folder, files, cache, lambda: _read_image_folder(name, listing))
 
-    if subset is not None:
-        n = len(ds.y_train)
-        if not 1 <= subset <= n:
-            raise DatasetError(f"subset={subset} is out of range for {name}: it has {n} training images")
-        idx = balanced_subset(ds.y_train, subset)
-        ds = Dataset(name, ds.x_train[idx].contiguous(), ds.y_train[idx], ds.x_test, ds.y_test, ds.classes)
-    return ds
+    return ds if subset is None else take_subset(ds, subset)
+
+
+def take_subset(ds: Dataset, subset: int) -> Dataset:
+    """A class-balanced, deterministic `subset` of the training images; the test split is shared, not copied."""
+    n = len(ds.y_train)
+    if not 1 <= subset <= n:
+        raise DatasetError(f"subset={subset} is out of range for {ds.name}: it has {n} training images")
+    idx = balanced_subset(ds.y_train, subset)
+    return Dataset(ds.name, ds.x_train[idx].contiguous(), ds.y_train[idx], ds.x_test, ds.y_test, ds.classes)
 
 
 # -- caching --------------------------------------------------------------------------------------
