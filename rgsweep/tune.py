@@ -354,7 +354,8 @@ def trainable(config: dict[str, Any], base: dict[str, Any]) -> None:
     summary.pop("last_epoch", None)
     # The last epoch's numbers ride along: Optuna's value is this result's val_acc (that epoch's).
     raytune.report({**last, FAILED_KEY: status == "diverged",
-                    SUMMARY_KEY: json.dumps({"status": status, **summary}, default=str)})
+                    SUMMARY_KEY: json.dumps({"status": status, "ray_node": raytune.node_id(), **summary},
+                                            default=str)})
 
 
 # -- MLflow from the driver -----------------------------------------------------------------------
