@@ -95,7 +95,7 @@ class Postgres:
     @staticmethod
     def available() -> str | None:
         """None when the server binaries are there, else why not (the reason a test skips with)."""
-        missing = [b for b in ("initdb", "pg_ctl") if not (PG_BIN / b).exists()]
+        missing = [b for b in ("initdb", "pg_ctl", "createdb") if not (PG_BIN / b).exists()]
         if missing:
             return f"PostgreSQL server binaries not found in {PG_BIN} ({', '.join(missing)}): " \
                    "apt-get install postgresql, or set RGSWEEP_PG_BIN"
@@ -127,12 +127,16 @@ class Postgres:
 
     def create_database(self, name: str) -> str:
         """A new, empty database; returns its SQLAlchemy URI (psycopg 3 driver) for `mlflow server`."""
+        subprocess.run([str(PG_BIN / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", name],
+                       check=True, capture_output=True)
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{name}"
+
+    def query(self, database: str, sql: str) -> list[tuple]:
+        """Rows of one SQL statement (to check what a server really stored)."""
         import psycopg
 
-        with psycopg.connect(host="127.0.0.1", port=self.port, user="postgres", dbname="postgres",
-                             autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{name}"
+        with psycopg.connect(host="127.0.0.1", port=self.port, user="postgres", dbname=database) as conn:
+            return conn.execute(sql).fetchall()
 
 
 # -- mlflow server --------------------------------------------------------------------------------
@@ -140,8 +144,8 @@ class MlflowServer:
     """`mlflow server` on 127.0.0.1:<free port> with proxied artifacts (`--serve-artifacts`) and one
     worker. `stop()` and `start()` again reuse the same port, for tests of a server that goes away."""
 
-    def __init__(self, backend_uri: str, root: Path, port: int | None = None) -> None:
-        self.backend_uri = backend_uri
+    def __init__(self, backend_uri: str, root: Path, port: int | None = None, database: str | None = None) -> None:
+        self.backend_uri, self.database = backend_uri, database  # database: its PostgreSQL name, if any
         self.artifacts = Path(root) / "artifacts"
         self.log = Path(root) / "mlflow-server.log"
         self.port = port or free_port()
@@ -156,12 +160,19 @@ class MlflowServer:
         except OSError:
             return False
 
-    def start(self, timeout: float = 120) -> MlflowServer:
+    def start(self, timeout: float = 180) -> MlflowServer:
+        return self.launch().wait(timeout)
+
+    def launch(self) -> MlflowServer:
+        """Start the process and return at once (`wait` for it later: start something else meanwhile)."""
         cmd = [str(BIN / "mlflow"), "server", "--backend-store-uri", self.backend_uri, "--serve-artifacts",
                "--artifacts-destination", str(self.artifacts), "--host", "127.0.0.1", "--port", str(self.port),
                "--workers", "1"]
         # The server's job runner (GenAI jobs, extra processes at start) is of no use to sweeps.
         self.proc = spawn(cmd, self.log, {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+        return self
+
+    def wait(self, timeout: float = 180) -> MlflowServer:
         wait_for(self.healthy, f"mlflow server on {self.url}", timeout, self.proc, self.log)
         return self
 
@@ -169,7 +180,7 @@ class MlflowServer:
         stop(self.proc)
         self.proc = None
 
-    def restart(self, timeout: float = 120) -> MlflowServer:
+    def restart(self, timeout: float = 180) -> MlflowServer:
         self.stop()
         return self.start(timeout)
 
@@ -181,8 +192,8 @@ class RayCluster:
     custom resource naming it (`node_head`, `node_worker`). Token authentication as Ray sets it up:
     `RAY_AUTH_MODE=token` in every process, sharing the token in ~/.ray/auth_token (Ray writes it if
     missing). Each node has its own `--temp-dir`, so the cluster is not recorded as the machine's
-    "latest cluster" (which a bare `ray.init()` elsewhere would join). Fixed default ports (client server
-    10001, dashboard agent, metrics) are replaced by free ones: other clusters may run here."""
+    "latest cluster" (which a bare `ray.init()` elsewhere would join). Fixed default ports (dashboard
+    8265, dashboard agent, metrics, runtime-env agent) are replaced by free ones: other clusters run here."""
 
     NODES = ("head", "worker")
 
@@ -193,13 +204,17 @@ class RayCluster:
         self.address = f"127.0.0.1:{self.port}"
         self.cpus, self.store_bytes = cpus, object_store_mb * 2**20
         self.procs: dict[str, subprocess.Popen] = {}
-        self.env = {**os.environ, "RAY_AUTH_MODE": "token"}
+        # Trials inherit the nodes' environment, not the driver's: like the nodes of a real cluster, they
+        # get a decode cache of their own (empty), so a trial that opened dataset files would find none.
+        # A node drains for 30 s on SIGTERM by default (for Ray Serve); nothing here needs it.
+        self.env = {**os.environ, "RAY_AUTH_MODE": "token", "RGSWEEP_CACHE": str(self.root / "cache"),
+                    "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}
         self.env.pop("RAY_ADDRESS", None)
 
     def _cmd(self, node: str) -> list[str]:
         cmd = [str(BIN / "ray"), "start", "--block", "--num-cpus", str(self.cpus), "--num-gpus", "0",
                "--resources", json.dumps({f"node_{node}": 1}), "--object-store-memory", str(self.store_bytes),
-               "--temp-dir", str(self.root / node), "--node-ip-address", "127.0.0.1", "--disable-usage-stats",
+               "--temp-dir", str(self.root / node), "--disable-usage-stats",
                "--dashboard-agent-listen-port", str(free_port()), "--metrics-export-port", str(free_port()),
                "--runtime-env-agent-port", str(free_port())]
         if node == "head":
@@ -209,11 +224,11 @@ class RayCluster:
 
     def nodes(self) -> list[dict]:
         """`ray.nodes()` of the cluster, read by a short driver process (this process may hold its own Ray)."""
-        code = ("import json, ray; ray.init(address=%r, log_to_driver=False); "
+        code = ("import json, sys, ray; ray.init(address=sys.argv[1], log_to_driver=False); "
                 "print(json.dumps([{'id': n['NodeID'], 'alive': n['Alive'], 'resources': n['Resources']} "
-                "for n in ray.nodes()]))") % self.address
-        out = subprocess.run([sys.executable, "-c", code], env=self.env, capture_output=True, text=True,
-                             timeout=120, check=True)
+                "for n in ray.nodes()]))")
+        out = subprocess.run([sys.executable, "-c", code, self.address], env=self.env, capture_output=True,
+                             text=True, timeout=120, check=True)
         return json.loads(out.stdout.strip().splitlines()[-1])
 
     def node_ids(self) -> dict[str, str]:
@@ -225,19 +240,18 @@ class RayCluster:
                     out[name] = n["id"]
         return out
 
-    def start(self, timeout: float = 120) -> RayCluster:
+    def start(self, timeout: float = 180) -> RayCluster:
+        # One node after the other: `ray start` gives a node's raylet 30 s (hard-coded) to register, which
+        # two nodes starting at once on a loaded 2-core machine can miss.
         for node in self.NODES:
             log = self.root / f"{node}.log"
             self.procs[node] = spawn(self._cmd(node), log, self.env)
-            if node == "head":  # the worker needs the head's GCS up
-                wait_for(self._gcs_up, "ray head", timeout, self.procs[node], log)
-        wait_for(lambda: len(self.node_ids()) == 2, "two ray nodes", timeout, self.procs["worker"],
-                 self.root / "worker.log")
+            wait_for(lambda log=log: "Ray runtime started" in log.read_text(errors="replace"),
+                     f"ray {node} node", timeout, self.procs[node], log)
+        ids = self.node_ids()
+        if len(ids) != 2:
+            raise RuntimeError(f"expected the nodes {self.NODES} in the cluster, found {ids}")
         return self
-
-    def _gcs_up(self) -> bool:
-        with socket.socket() as s:
-            return s.connect_ex(("127.0.0.1", self.port)) == 0
 
     def stop(self) -> None:
         for node in reversed(self.NODES):
@@ -273,8 +287,8 @@ def mlflow_server(tmp_path) -> Iterator[MlflowServer]:
 @pytest.fixture
 def mlflow_server_pg(postgres, tmp_path) -> Iterator[MlflowServer]:
     """A real `mlflow server` backed by a fresh PostgreSQL database."""
-    uri = postgres.create_database(f"mlflow_{tmp_path.name.lower().replace('-', '_')[:40]}")
-    server = MlflowServer(uri, tmp_path)
+    name = f"mlflow_{tmp_path.name.lower().replace('-', '_')[:40]}"
+    server = MlflowServer(postgres.create_database(name), tmp_path, database=name)
     try:
         yield server.start()
     finally:
