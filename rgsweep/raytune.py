@@ -34,7 +34,13 @@ log = logging.getLogger(__name__)
 
 
 def start_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None) -> bool:
-    """Connect to Ray; returns True when this call started it (so the caller should stop it)."""
+    """Connect to Ray; returns True when this call started it (so the caller should stop it).
+
+    With an address (`--ray-address`, else `$RAY_ADDRESS`) the sweep joins that cluster. Without one it
+    starts its own instance: `address="local"`. A bare `ray.init()` would instead join the latest cluster
+    any `ray start` left on the machine (Ray reads it from /tmp/ray/ray_current_cluster), so a sweep
+    could silently run on someone else's cluster, with its resources and its data.
+    """
     if ray.is_initialized():
         return False
     address = address or os.environ.get("RAY_ADDRESS") or None
@@ -44,8 +50,13 @@ def start_ray(address: str | None = None, num_cpus: int | None = None, num_gpus:
     if address:
         ray.init(address=address, **kwargs)
     else:
-        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, **kwargs)
+        ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, **kwargs)
     return True
+
+
+def node_id() -> str:
+    """The Ray node this process runs on (tagged on each trial run: which node of a cluster trained it)."""
+    return ray.get_runtime_context().get_node_id()
 
 
 def stop_ray(started: bool) -> None:

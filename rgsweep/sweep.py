@@ -227,7 +227,8 @@ def trainable(config: dict[str, Any], payloads: dict[str, dict[str, Any]], datas
         last = summary.pop("last_epoch", None) or {}
         # The last epoch's numbers ride along so Ray's table shows them for finished trials too.
         raytune.report({**last, "member": m["name"],
-                        SUMMARY_KEY: json.dumps({"status": status, **summary}, default=str)})
+                        SUMMARY_KEY: json.dumps({"status": status, "ray_node": raytune.node_id(), **summary},
+                                                default=str)})
 
 
 EPOCHS_KEY = "rgsweep_epochs"

@@ -3,7 +3,7 @@
 It knows nothing of models or Ray. The layout it writes (a contract the analysis code reads):
 - one experiment per sweep family; a parent run per sweep (tag rgsweep.kind=sweep) or study (kind=tune);
 - a child run per trial (tags mlflow.parentRunId, rgsweep.kind=trial, rgsweep.trial_key, rgsweep.sweep,
-  rgsweep.git_commit, rgsweep.dataset_fingerprint, rgsweep.device, rgsweep.torch_version);
+  rgsweep.git_commit, rgsweep.dataset_fingerprint, rgsweep.device, rgsweep.ray_node, rgsweep.torch_version);
 - params: the resolved TrialConfig, flattened; metrics per epoch (step = epoch) in one batched call;
   summary metrics once at the end; a learning_curve.png artifact.
 
@@ -312,8 +312,8 @@ def trial_tags(config: Any, sweep: str | None = None, kind: str = "trial") -> di
 
 
 def info_tags(summary: dict[str, Any]) -> dict[str, str]:
-    """Tags the trial itself learns: where it ran and on what data."""
-    keys = ("device", "dataset_fingerprint", "torch_version", "num_params", "stop_reason")
+    """Tags the trial itself learns: where it ran (device, Ray node id) and on what data."""
+    keys = ("device", "ray_node", "dataset_fingerprint", "torch_version", "num_params", "stop_reason")
     return {TAG + k: str(summary[k]) for k in keys if summary.get(k) is not None}
 
 

@@ -360,7 +360,8 @@ def trainable(config: dict[str, Any], base: dict[str, Any], datasets: dict[str, 
     summary["data_fetch_s"] = fetch_s
     # The last epoch's numbers ride along: Optuna's value is this result's val_acc (that epoch's).
     raytune.report({**last, FAILED_KEY: status == "diverged",
-                    SUMMARY_KEY: json.dumps({"status": status, **summary}, default=str)})
+                    SUMMARY_KEY: json.dumps({"status": status, "ray_node": raytune.node_id(), **summary},
+                                            default=str)})
 
 
 # -- MLflow from the driver -----------------------------------------------------------------------
