@@ -68,7 +68,7 @@ class Progress:
         self.members: dict[str, list[str]] = {}  # Ray trial id -> its trial names
         self.best: tuple[float, dict[str, Any], str] | None = None
         self.last_shown = -float("inf")
-        self.width = 0  # of the live line last drawn
+        self.width, self.drawn = 0, ""  # the live line last drawn
 
     # -- state ----------------------------------------------------------------------------------------
     def start(self, name: str) -> None:
@@ -120,8 +120,10 @@ class Progress:
         if self.live:
             cols = shutil.get_terminal_size((120, 20)).columns - 1
             text = text[:cols]
+            if text == self.drawn:
+                return
             self.stream.write("\r" + text.ljust(self.width))
-            self.width = len(text)
+            self.width, self.drawn = len(text), text
         else:
             self.stream.write(f"progress: {text}\n")
         self.stream.flush()

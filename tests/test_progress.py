@@ -95,7 +95,7 @@ def test_live_line_redraws_in_place_and_ends_with_a_newline():
     p.trial_result("a", summary(test_acc=1.0, gen_gap=0.0))
     p.close()
     text = out.getvalue()
-    assert text.count("\r") == 4 and text.count("\n") == 1 and text.endswith("\n")
+    assert text.count("\r") == 3 and text.count("\n") == 1 and text.endswith("\n")  # close: same text, not redrawn
     assert text.split("\r")[-1].startswith("trials 1/2 done (1 finished), 0 running | 1s elapsed")
 
 
@@ -103,8 +103,9 @@ def test_durations_read_like_a_clock():
     assert [fmt_duration(s) for s in (0, 59.4, 61, 3600 + 125)] == ["0s", "59s", "1m01s", "1h02m"]
 
 
-def test_sweep_without_a_terminal_prints_progress_lines_and_no_status_table(tmp_path, tracking_uri):
-    """A real sweep, its output piped (as in CI): the progress lines are there, Ray's table is not."""
+def test_sweep_without_a_terminal_prints_progress_lines_and_no_status_table(tmp_path, tracking_uri, client):
+    """A real sweep, its output piped (as in CI): the progress lines are there, Ray's table is not.
+    The sweep's parent run also carries the data figure."""
     doc = {
         "name": "progress-pipe",
         "base": {"dataset": "synthetic", "arch": "mlp1x512", "epochs": 2, "lr": 0.05, "device": "cpu",
@@ -127,3 +128,6 @@ def test_sweep_without_a_terminal_prints_progress_lines_and_no_status_table(tmp_
     # No status table, no redraws, no slow-step warnings.
     for needle in ("Trial status", "== Status ==", "+--", "Current time", "\r", "\x1b[", "performance bottleneck"):
         assert needle not in out, (needle, out[-3000:])
+    exp = client.get_experiment_by_name("progress-pipe")
+    parent = client.search_runs([exp.experiment_id], "tags.`rgsweep.kind` = 'sweep'")[0]
+    assert "data_samples.png" in [a.path for a in client.list_artifacts(parent.info.run_id)]

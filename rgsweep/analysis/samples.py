@@ -187,7 +187,10 @@ def draw(rows: list[SampleRow], title: str = "") -> Figure:
 
 
 def figure(configs: Iterable[TrialConfig], n: int = SHOWN, title: str = "") -> Figure:
-    return draw(sample_rows(configs, n), title)
+    rows = sample_rows(configs, n)
+    datasets = ", ".join(dict.fromkeys(Path(r.config.dataset.removeprefix("imagefolder:")).name for r in rows))
+    return draw(rows, title or f"Training images per condition ({datasets}; as the trials train on them, "
+                               "each image min-max rescaled)")
 
 
 def save(configs: Iterable[TrialConfig], path: str | Path, n: int = SHOWN, title: str = "") -> Path:
@@ -226,10 +229,7 @@ def figure_from_runs(runs: pd.DataFrame, n: int = SHOWN) -> Figure:
     from rgsweep.data.sources import DatasetError
 
     try:
-        configs = configs_from_runs(runs)
-        datasets = sorted({c.dataset for c in configs})
-        return figure(configs, n, title=f"Training images per condition ({', '.join(datasets)}; "
-                                        "as the trials train on them, each image min-max rescaled)")
+        return figure(configs_from_runs(runs), n)
     except (ConfigError, DatasetError, ValueError) as e:
         fig = Figure(figsize=(6.0, 1.5), layout="constrained")
         ax = fig.add_subplot()
