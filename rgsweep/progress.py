@@ -68,7 +68,7 @@ class Progress:
         self.members: dict[str, list[str]] = {}  # Ray trial id -> its trial names
         self.best: tuple[float, dict[str, Any], str] | None = None
         self.last_shown = -float("inf")
-        self.width, self.drawn = 0, ""  # the live line last drawn
+        self.width, self.drawn = 0, ""  # the line last written
 
     # -- state ----------------------------------------------------------------------------------------
     def start(self, name: str) -> None:
@@ -118,14 +118,14 @@ class Progress:
         self.last_shown = now
         text = self.line()
         if self.live:
-            cols = shutil.get_terminal_size((120, 20)).columns - 1
-            text = text[:cols]
-            if text == self.drawn:
-                return
+            text = text[: shutil.get_terminal_size((120, 20)).columns - 1]
+        if text == self.drawn:  # nothing new to say (e.g. the closing line right after the last trial's)
+            return
+        if self.live:
             self.stream.write("\r" + text.ljust(self.width))
-            self.width, self.drawn = len(text), text
         else:
             self.stream.write(f"progress: {text}\n")
+        self.width, self.drawn = len(text), text
         self.stream.flush()
 
     def close(self) -> None:

@@ -56,6 +56,8 @@ def test_plain_lines_on_each_trial_end_and_a_heartbeat_without_control_character
     assert lines[-1].startswith("progress: trials 2/3 done (1 finished, 1 failed), 0 running | 41s elapsed")
     assert lines[-1].endswith("| best test_acc 0.800 gen_gap 0.200 (r1)")
     assert "\r" not in out.getvalue() and "\x1b" not in out.getvalue()
+    p.close()  # the same state as the last line: not written twice
+    assert out.getvalue().splitlines() == lines
 
 
 def test_best_is_the_best_finished_trial_and_failures_do_not_count():
