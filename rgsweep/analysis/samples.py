@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 import torch
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
 from rgsweep.config import ConfigError, TrialConfig, make_config
 
@@ -29,6 +30,7 @@ from rgsweep.config import ConfigError, TrialConfig, make_config
 DATA_KEYS = ("dataset", "data_dir", "subset", "val_fraction", "label_noise", "corruption", "corrupt_fraction",
              "pixel_fraction", "corruption_seed", "preprocess", "augment", "seed")
 SHOWN = 10  # images per row
+GAP = 0.12  # between images, in image widths
 
 
 @dataclass
@@ -162,27 +164,34 @@ def displayable(images: torch.Tensor) -> np.ndarray:
 
 
 def draw(rows: list[SampleRow], title: str = "") -> Figure:
-    """The rows as one figure: a strip of images per condition, each labelled with its training label."""
+    """The rows as one figure: a strip of images per condition, each labelled with its training label
+    (changed labels in red, `old→new`, framed in red).
+
+    One axes per row, its images placed side by side with `extent` (unit squares one `GAP` apart), laid out
+    by hand: 50 axes under matplotlib's constrained layout took seconds, and this runs in the sweep driver."""
     n = max(len(r.index) for r in rows)
-    fig = Figure(figsize=(0.95 * n + 0.3, 1.35 * len(rows) + 0.5), layout="constrained")
-    fig.suptitle(title or "Training images as the trials see them (each image min-max rescaled)", fontsize=10)
-    for sub, row in zip(np.atleast_1d(fig.subfigures(len(rows), 1)), rows):
-        sub.suptitle(row.title, x=0.01, ha="left", fontsize=9)
-        axes = np.atleast_1d(sub.subplots(1, n))
-        for i, ax in enumerate(axes):
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if i >= len(row.index):
-                ax.set_axis_off()
-                continue
-            img = displayable(row.images[i : i + 1])[0]
-            ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
+    cell, head, label, top = 0.9, 0.3, 0.25, 0.35  # inches: image, row title, label, figure title
+    width, row_h = n * cell * (1 + GAP) + 0.2, head + cell + label
+    height = top + len(rows) * row_h
+    fig = Figure(figsize=(width, height))
+    fig.suptitle(title or "Training images as the trials see them (each image min-max rescaled)", fontsize=10,
+                 y=1 - 0.12 / height)
+    for r, row in enumerate(rows):
+        y0 = height - top - r * row_h  # the row's top edge, inches from the bottom
+        ax = fig.add_axes((0.1 / width, (y0 - head - cell) / height, (width - 0.2) / width, cell / height))
+        ax.set_title(row.title, fontsize=9, loc="left", pad=4)
+        ax.set(xlim=(-GAP / 2, n * (1 + GAP) - GAP / 2), ylim=(0, 1))
+        ax.set_axis_off()
+        for i, img in enumerate(displayable(row.images)):
+            x0 = i * (1 + GAP)
+            ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest",
+                      extent=(x0, x0 + 1, 0, 1))
             changed = bool(row.noisy[i])
-            label = f"{int(row.original[i])}→{int(row.labels[i])}" if changed else str(int(row.labels[i]))
-            ax.set_xlabel(label, fontsize=8, color="red" if changed else "black", labelpad=2)
-            if changed:
-                for spine in ax.spines.values():
-                    spine.set(color="red", linewidth=2)
+            text = f"{int(row.original[i])}→{int(row.labels[i])}" if changed else str(int(row.labels[i]))
+            ax.text(x0 + 0.5, -0.04, text, ha="center", va="top", fontsize=8, color="red" if changed else "black")
+            ax.add_patch(Rectangle((x0, 0), 1, 1, fill=False, edgecolor="red" if changed else "0.6",
+                                   linewidth=2 if changed else 0.5))
+        ax.set_aspect("equal", adjustable="datalim")
     return fig
 
 
