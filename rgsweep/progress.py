@@ -158,10 +158,16 @@ class Progress:
             if name in self.running:
                 self.end(name, self.stopped_as)
 
-    def trial_errored(self, ray_id: str, error: str) -> None:
+    def trial_errored(self, ray_id: str, error: str, infrastructure: bool = False) -> None:
         for name in self.members.pop(ray_id, []):
             if name in self.running:
                 self.end(name, "failed")
+
+    def trial_retried(self, ray_id: str, error: str) -> None:
+        """A lost attempt Ray runs again: its trials are still running (their epochs start over)."""
+        for name in self.members.get(ray_id, []):
+            if name in self.running:
+                self.running[name] = 0.0
 
     def tick(self) -> None:
         """Called on every step of Tune's loop: redraws the clock (live) or writes the heartbeat (plain)."""
