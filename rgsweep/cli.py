@@ -1,4 +1,4 @@
-"""The `rgsweep` command. Subcommands: train, models, sweep, tune, export, report, notebooks, ui.
+"""The `rgsweep` command. Subcommands: train, show, models, sweep, tune, export, report, notebooks, ui.
 
 Exit codes: 0 success, 1 a trial failed or diverged, 2 invalid input (nothing was run or logged),
 130 interrupted.
@@ -131,6 +131,24 @@ def cmd_train(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_show(args: argparse.Namespace) -> int:
+    """The data figure of one trial (same flags as `train`): its training images next to the clean ones."""
+    from rgsweep.analysis import samples
+    from rgsweep.data.sources import DatasetError
+
+    config = config_from_args(args)
+    if args.n < 1:
+        print(f"rgsweep show: error: --n must be >= 1, got {args.n}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        path = samples.save([config], args.out or f"samples-{samples.slug(config)}.png", n=args.n)
+    except (DatasetError, ValueError) as e:
+        print(f"rgsweep show: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    print(path)
+    return EXIT_OK
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from rgsweep.models import MODELS, build_model, count_params
 
@@ -159,6 +177,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_tracking_args(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("show", help="draw one trial's training images (same flags as train) to a PNG")
+    p.add_argument("--config", help="YAML file of trial settings (flags override it)")
+    for flag, opts in TRAIN_FLAGS:
+        p.add_argument(flag, **opts)
+    p.add_argument("--out", help="PNG to write (default: samples-<condition>.png here)")
+    p.add_argument("--n", type=int, default=10, help="images per row (default 10: one per class)")
+    p.set_defaults(func=cmd_show)
 
     p = sub.add_parser("models", help="list the models with their parameter counts")
     p.add_argument("--input-shape", type=_shape, default=(3, 28, 28), help="C,H,W (default 3,28,28)")

@@ -10,6 +10,8 @@ when it moves again, only this file changes.
   (run_trials(datasets=...) does the put; a trainable gets its one).
 - `TrackingCallback`: a `tune.Callback` base whose hooks receive plain ids and dicts, so the MLflow
   logic (sweep.py, tune.py) never touches Ray's Trial objects.
+- What a run prints: by default no Ray status table, only rgsweep's own progress line
+  (`rgsweep.progress`, fed by the same trial events); `verbose` brings back Ray's table.
 """
 
 from __future__ import annotations
@@ -106,6 +108,49 @@ class TrackingCallback(tune.Callback):
         self.experiment_ended()
 
 
+class _Forward(TrackingCallback):
+    """Trial events to a plain object (the progress line), plus `tick` on every step of Tune's loop."""
+
+    def __init__(self, target: Any):
+        self.target = target
+
+    def trial_started(self, trial_id, config):
+        self.target.trial_started(trial_id, config)
+
+    def trial_result(self, trial_id, result):
+        self.target.trial_result(trial_id, result)
+
+    def trial_completed(self, trial_id):
+        self.target.trial_completed(trial_id)
+
+    def trial_errored(self, trial_id, error):
+        self.target.trial_errored(trial_id, error)
+
+    def on_step_end(self, iteration, trials, **info):
+        self.target.tick()
+
+
+class _DropSlowWarnings(logging.Filter):
+    """Tune warns when a step takes over 0.5 s ("... may be a performance bottleneck"): our driver callback
+    writes a trial's end to MLflow (summary, learning-curve PNG), which takes that long by design, so on a
+    busy machine every trial end printed four such lines. Kept with `verbose`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "may be a performance bottleneck" not in record.getMessage()
+
+
+_SLOW_WARNING_LOGGERS = ("ray.tune.utils.util", "ray.tune.execution.tune_controller")
+
+
+def _quiet_slow_warnings(quiet: bool) -> None:
+    for name in _SLOW_WARNING_LOGGERS:
+        logger = logging.getLogger(name)
+        for f in [f for f in logger.filters if isinstance(f, _DropSlowWarnings)]:
+            logger.removeFilter(f)
+        if quiet:
+            logger.addFilter(_DropSlowWarnings())
+
+
 def run_trials(
     trainable: Callable[[dict[str, Any]], Any],
     *,
@@ -121,19 +166,25 @@ def run_trials(
     max_concurrent: int | None = None,
     metric: str | None = None,
     mode: str | None = None,
-    verbose: int = 1,
+    verbose: int = 0,
     parameters: dict[str, Any] | None = None,
     parameter_columns: list[str] | None = None,
     datasets: dict[str, Dataset] | None = None,
+    progress: Any = None,
 ) -> None:
     """Run trials on Ray Tune. Never raises for a failed trial (failures are recorded by the callback);
     a SIGINT makes Tune stop the trials and return.
 
     `datasets` (data key -> Dataset, loaded by the driver) go into the object store once; the trainable
-    receives `datasets=` {data key: handle} and calls `get_dataset(handle)` for the one it trains on."""
+    receives `datasets=` {data key: handle} and calls `get_dataset(handle)` for the one it trains on.
+    `progress` (a `rgsweep.progress.Progress`) receives the trial events and is closed at the end.
+    `verbose` 0: Ray prints no status table (Tune's verbosity 0); 1: Ray's table as well."""
     # Ray's classic reporter: a compact table every 30 s with the epoch metrics that matter, instead
     # of the new engine's per-trial boxes (which bury the table on sweeps of hundreds of trials).
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    _quiet_slow_warnings(not verbose)
+    if progress is not None:
+        callbacks = [*callbacks, _Forward(progress)]
     reporter = tune.CLIReporter(
         parameter_columns=parameter_columns or ["trial"],
         metric_columns={"epoch": "epoch", "train_acc": "train", "test_acc": "test", "val_acc": "val"},
@@ -167,7 +218,11 @@ def run_trials(
             progress_reporter=reporter if verbose else None,
         ),
     )
-    tuner.fit()  # outcomes are read from MLflow, which the callback keeps; Ray's own view is not needed
+    try:
+        tuner.fit()  # outcomes are read from MLflow, which the callback keeps; Ray's own view is not needed
+    finally:
+        if progress is not None:
+            progress.close()
 
 
 def put_datasets(datasets: dict[str, Dataset]) -> dict[str, dict[str, Any]]:

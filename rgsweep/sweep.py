@@ -45,6 +45,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from rgsweep import tracking
 from rgsweep.config import ConfigError, TrialConfig, load_yaml, make_config
 from rgsweep.preload import SweepData, preload
+from rgsweep.progress import Progress
 
 SUMMARY_KEY = "rgsweep_summary"
 DEFAULT_SMOKE = {"dataset": "synthetic", "data_dir": None, "subset": None, "epochs": 2, "download": False}
@@ -468,7 +469,7 @@ def run_sweep(
     max_concurrent: int | None = None,
     num_cpus: int | None = None,
     inject_failure: dict[str, int] | None = None,
-    verbose: int = 1,
+    verbose: int = 0,
     report_interval: float = REPORT_INTERVAL_S,
     data: SweepData | None = None,
 ) -> tuple[int, dict[str, int]]:
@@ -478,7 +479,8 @@ def run_sweep(
     `data`: the sweep's datasets, as `preload(t.config for t in plan.trials)` (rgsweep/preload.py)
     returns them; when None they are loaded here first, before any MLflow run or Ray. Passing them lets
     a caller run the driver in stages: load the data, then (a test) move the data folder away, then
-    run the trials, which get the data from the object store and open no dataset file."""
+    run the trials, which get the data from the object store and open no dataset file.
+    `verbose` 1 adds Ray's status table to the progress line (then plain lines at trial ends)."""
     from rgsweep import raytune
 
     if data is None:
@@ -505,12 +507,15 @@ def run_sweep(
                 callbacks=[TrackerCallback.make(tracker)], payloads=payloads,
                 datasets=data.select(t.config for t in todo),
                 max_concurrent=max_concurrent or plan.spec.max_concurrent, verbose=verbose,
+                progress=sweep_progress(todo, verbose),
             )
         except KeyboardInterrupt:
             interrupted = True
         finally:
             interrupted = interrupted or bool(tracker.runs)
             raytune.stop_ray(started)
+    if todo and not interrupted:
+        log_data_samples(tracker.parent, [t.config for t in plan.trials])
     counts = tracker.close(interrupted)
     latest = tracker.latest_runs()
     print()
@@ -523,7 +528,29 @@ def run_sweep(
     return (1 if counts["failed"] else 0), counts
 
 
+def log_data_samples(parent: tracking.RunTracker, configs: list[TrialConfig]) -> None:
+    """The sweep's data figure (rgsweep.analysis.samples) on the parent run as `data_samples.png`. Drawn in
+    the driver on the CPU after the trials (not before: it would delay the first epoch). A picture: an
+    error is printed and the sweep goes on."""
+    import tempfile
+
+    from rgsweep.analysis import samples
+
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            parent.log_artifact(samples.save(configs, Path(tmp) / "data_samples.png"))
+    except Exception as e:  # noqa: BLE001 - never fail a finished sweep over its picture
+        print(f"data figure not logged to the parent run: {type(e).__name__}: {e}", file=sys.stderr)
+
+
 PACK_SEP = "|"  # a packed Ray trial is named by its members' names joined with this
+
+
+def sweep_progress(todo: list[Trial], verbose: int = 0) -> Progress:
+    """The progress line over the trials to run; best = highest final test_acc, with its gen_gap."""
+    epochs = {t.name: t.config.epochs for t in todo}
+    return Progress(len(todo), epochs=epochs.get, names=lambda ray_id, config: config["trial"].split(PACK_SEP),
+                    summary_key=SUMMARY_KEY, **({"live": False, "interval": math.inf} if verbose else {}))
 
 
 def make_payloads(
@@ -629,7 +656,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     code, _ = run_sweep(
         plan, tracking_uri=args.tracking_uri, resume=args.resume, rerun_failed=args.rerun_failed,
         ray_address=args.ray_address, storage_path=args.storage_path, max_concurrent=args.max_concurrent,
-        num_cpus=args.num_cpus, data=data,
+        num_cpus=args.num_cpus, data=data, verbose=int(args.verbose),
     )
     return code
 
@@ -645,6 +672,7 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-concurrent", type=int, help="cap on trials running at once")
     p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance (default: all)")
     p.add_argument("--tracking-uri", help="MLflow store (default $MLFLOW_TRACKING_URI or sqlite:///mlruns/mlflow.db)")
+    p.add_argument("--verbose", action="store_true", help="also print Ray's status table (default: one progress line)")
 
 
 def register(sub: Any) -> None:

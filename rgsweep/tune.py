@@ -70,6 +70,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from rgsweep import tracking
 from rgsweep.config import ConfigError, TrialConfig, load_yaml, make_config
 from rgsweep.preload import SweepData, preload
+from rgsweep.progress import Progress
 from rgsweep.sweep import (
     DEFAULT_SMOKE,
     EPOCH_KEYS,
@@ -555,7 +556,7 @@ def run_tune(
     max_concurrent: int | None = None,
     num_cpus: int | None = None,
     baseline_out: str | Path | None = None,
-    verbose: int = 1,
+    verbose: int = 0,
     data: SweepData | None = None,
 ) -> tuple[int, dict[str, Any]]:
     """Run (or resume) a study; returns (exit code, stats incl. the baseline path when one was written).
@@ -600,6 +601,7 @@ def run_tune(
             num_samples=plan.n_trials, max_concurrent=max_concurrent or plan.spec.max_concurrent,
             parameters={"base": tracker.base}, parameter_columns=list(plan.space), verbose=verbose,
             datasets=data.select([plan.base]),
+            progress=tune_progress(plan, searcher.trial_number, verbose),
         )
     except KeyboardInterrupt:
         interrupted = True
@@ -632,6 +634,18 @@ def run_tune(
     if interrupted:
         return 130, stats
     return (0 if stats["n_complete"] else 1), stats
+
+
+def tune_progress(plan: TuningPlan, number: Any, verbose: int = 0) -> Progress:
+    """The progress line over this invocation's trials; best = the best objective of a complete trial,
+    named by its Optuna trial number (`number`: Ray trial id -> number)."""
+    def names(ray_id: str, config: dict[str, Any]) -> list[str]:
+        n = number(ray_id)
+        return [ray_id if n is None else f"trial {n}"]
+
+    return Progress(plan.n_trials, epochs=lambda name: plan.base.epochs, metric=plan.metric, mode=plan.mode,
+                    also=(), names=names, summary_key=SUMMARY_KEY, stopped="pruned",
+                    **({"live": False, "interval": math.inf} if verbose else {}))
 
 
 def baseline_path(plan: TuningPlan) -> Path:
@@ -689,7 +703,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     code, _ = run_tune(
         plan, tracking_uri=args.tracking_uri, storage_url=args.storage, resume=args.resume, restart=args.restart,
         ray_address=args.ray_address, storage_path=args.storage_path, max_concurrent=args.max_concurrent,
-        num_cpus=args.num_cpus, baseline_out=args.baseline_out, data=data,
+        num_cpus=args.num_cpus, baseline_out=args.baseline_out, data=data, verbose=int(args.verbose),
     )
     return code
 

@@ -20,7 +20,7 @@ T0 = 1_700_000_000_000  # ms; fixed so runs sort the same way every time
 
 BASE_PARAMS: dict[str, str] = {
     "dataset": "digits", "subset": "None", "val_fraction": "0.0", "label_noise": "0.0", "corruption": "none",
-    "corrupt_fraction": "1.0", "pixel_fraction": "1.0", "corruption_seed": "0", "preprocess": "standardize",
+    "corrupt_fraction": "1.0", "pixel_fraction": "1.0", "corruption_seed": "0", "preprocess": "standard",
     "augment": "", "arch": "mlp1x512", "width": "512", "depth": "None", "dropout": "0.0",
     "batch_norm": "None",
     "optimizer": "sgd", "lr": "0.01", "momentum": "0.9", "weight_decay": "0.0", "lr_schedule": "exponential",

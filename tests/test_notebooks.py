@@ -13,8 +13,8 @@ from rgsweep.analysis.export import AnalysisError, export_runs, load_export
 from rgsweep.analysis.notebooks import run_notebooks
 
 NB_DIR = Path(__file__).resolve().parents[1] / "notebooks"
-NOTEBOOKS = ["01_gen_gap_vs_label_noise.ipynb", "02_convergence_slowdown.ipynb", "03_corruption_types.ipynb",
-             "04_regularizers.ipynb", "05_memorisation.ipynb"]
+NOTEBOOKS = ["00_data.ipynb", "01_gen_gap_vs_label_noise.ipynb", "02_convergence_slowdown.ipynb",
+             "03_corruption_types.ipynb", "04_regularizers.ipynb", "05_memorisation.ipynb"]
 
 
 @pytest.fixture(scope="module")

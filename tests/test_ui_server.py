@@ -7,15 +7,18 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 
 import pytest
 from mlflow_fixtures import shared_store
 
-from rgsweep.analysis.commands import server_command, server_env
+from rgsweep.analysis.commands import server_command, server_env, warn_if_exposed
 
 START_TIMEOUT_S = 60
+CLI_TIMEOUT_S = 60  # `rgsweep` imports torch, Ray and MLflow before it starts anything
+STOP_TIMEOUT_S = 45  # `rgsweep ui` gives its server 15 s to stop before killing it, then exits itself
 
 
 @pytest.fixture(scope="module")
@@ -94,3 +97,84 @@ def test_server_filters_by_gen_gap_and_serves_the_ui(store, server):
     assert [r["info"]["run_name"] for r in found] == ["mlp1x512-noise1.0-seed0", "cnn-noise1.0-seed0"]
     with urllib.request.urlopen(f"{server}/", timeout=10) as response:
         assert response.status == 200 and "<html" in response.read().decode().lower()
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every process below `pid` (Linux /proc), read while they run."""
+    found, todo = set(), [pid]
+    while todo:
+        p = todo.pop()
+        for task in os.listdir(f"/proc/{p}/task") if os.path.isdir(f"/proc/{p}/task") else []:
+            try:
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    kids = {int(k) for k in f.read().split()}
+            except OSError:
+                continue
+            todo += sorted(kids - found)
+            found |= kids
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie is gone, only not yet reaped
+    except OSError:
+        return False
+
+
+def _healthy(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="reads the process tree from Linux's /proc")
+def test_sigterm_to_rgsweep_ui_stops_its_server_and_frees_the_port(store, tmp_path):
+    port = _free_port()
+    log = tmp_path / "ui.log"
+    with log.open("w") as out:
+        ui = subprocess.Popen([sys.executable, "-m", "rgsweep.cli", "ui", "--port", str(port), "--tracking-uri",
+                               store.uri], stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    server: set[int] = set()
+    try:
+        # The command's own start (imports) first, then the server's, each within its bound.
+        for ready, limit in ((lambda: "Ctrl-C stops the server" in log.read_text(), CLI_TIMEOUT_S),
+                             (lambda: _healthy(port), START_TIMEOUT_S)):
+            deadline = time.monotonic() + limit
+            while not ready():
+                assert ui.poll() is None, log.read_text()[-2000:]
+                assert time.monotonic() < deadline, f"rgsweep ui not ready after {limit}s: {log.read_text()}"
+                time.sleep(0.25)
+        server = _descendants(ui.pid)
+        assert server and not _port_free(port)
+        ui.send_signal(signal.SIGTERM)  # as a service manager or `kill` would stop it
+        assert ui.wait(timeout=STOP_TIMEOUT_S) == 0, log.read_text()[-2000:]
+        assert [p for p in server if _alive(p)] == [], "server processes left running"
+        assert _port_free(port)
+        assert "no authentication" not in log.read_text()  # loopback: no warning
+    finally:  # whatever failed, leave nothing behind
+        if ui.poll() is None:
+            os.killpg(ui.pid, signal.SIGKILL)
+            ui.wait()
+        for pid in [p for p in server if _alive(p)]:
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("host,warned", [("0.0.0.0", True), ("192.168.1.7", True), ("myhost.example", True),
+                                         ("127.0.0.1", False), ("::1", False), ("localhost", False)])
+def test_a_host_beyond_loopback_is_warned_about(host, warned, capsys):
+    warn_if_exposed(host, 5000)
+    err = capsys.readouterr().err
+    assert ("has no authentication" in err and f"--host {host}" in err) == warned

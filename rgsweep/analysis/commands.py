@@ -118,19 +118,73 @@ def cmd_ui(args: argparse.Namespace) -> int:
     for name, url in urls:
         print(f"  {name}: {url}")
     print("(Ctrl-C stops the server)", flush=True)
-    server = subprocess.Popen(server_command(uri, host=args.host, port=args.port), env=server_env())
+    warn_if_exposed(args.host, args.port)
+    return serve(server_command(uri, host=args.host, port=args.port), server_env())
+
+
+def warn_if_exposed(host: str, port: int) -> None:
+    """A server bound beyond this machine is open to anyone who can reach it: say so."""
+    import ipaddress
+
     try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name
+        loopback = host == "localhost"
+    if not loopback:
+        print(f"warning: --host {host} serves the MLflow UI to the network, and the server has no authentication: "
+              f"anyone who can reach port {port} can read, change and delete every run. Bind 127.0.0.1 (the "
+              "default) and use an SSH tunnel, or put an authenticating proxy in front.", file=sys.stderr, flush=True)
+
+
+class _Stop(Exception):
+    """SIGTERM or SIGHUP arrived: stop the server as for Ctrl-C."""
+
+
+def _stop(signum: int, frame: object) -> None:
+    raise _Stop(signum)
+
+
+def serve(command: list[str], env: dict[str, str]) -> int:
+    """Run the server until it exits, or until Ctrl-C, SIGTERM or SIGHUP reaches us; then stop it and wait
+    for it, so that its port is free and no process of it is left when we return (exit 0 after a stop).
+
+    The server runs in a process group of its own (mlflow's launcher and its uvicorn worker), so a stop
+    reaches all of it whichever signal reached us, and a server that ignores SIGTERM for 15 s is killed
+    whole. A terminal's Ctrl-C reaches only us, and we stop the group."""
+    import signal
+
+    old = {sig: signal.signal(sig, _stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    server = None
+    try:
+        server = subprocess.Popen(command, env=env, start_new_session=True)
         return server.wait()
-    except KeyboardInterrupt:
-        # A terminal's Ctrl-C reaches the server too, a `kill -INT` of ours does not: stop it either way
-        # (mlflow forwards SIGTERM to its uvicorn child and waits for it) before we return.
-        server.terminate()
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+    except (KeyboardInterrupt, _Stop):
         return EXIT_OK
+    finally:
+        for sig in old:
+            signal.signal(sig, signal.SIG_IGN)  # a second signal must not cut the stop short
+        if server is not None:
+            _stop_group(server)
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
+def _stop_group(server: subprocess.Popen) -> None:
+    import signal
+
+    def kill(sig: int) -> None:
+        try:
+            os.killpg(server.pid, sig)
+        except ProcessLookupError:  # the whole group is gone already
+            pass
+
+    kill(signal.SIGTERM)  # uvicorn shuts down gracefully; mlflow's launcher exits with it
+    try:
+        server.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        pass
+    kill(signal.SIGKILL)  # anything of it still there after 15 s, or left behind by the launcher
+    server.wait()
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

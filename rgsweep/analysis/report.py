@@ -32,8 +32,15 @@ def _heatmap(runs: pd.DataFrame, history: pd.DataFrame) -> Figure:
     return figures.gen_gap_heatmap(runs, factors[1], factors[0])
 
 
+def _data_samples(runs: pd.DataFrame, history: pd.DataFrame) -> Figure:
+    from rgsweep.analysis import samples  # imports torch: only when a report is drawn
+
+    return samples.figure_from_runs(runs)
+
+
 # (file name, heading, builder): the order they appear in the report.
 FIGURES: list[tuple[str, str, FigureBuilder]] = [
+    ("data_samples.png", "The data: training images per condition, as the trials train on them", _data_samples),
     ("fig1a_loss_curves.png", "Figure 1a: training loss per corruption type",
      lambda r, h: figures.fig1a_loss_curves(h, r)),
     ("fig1b_time_to_fit.png", "Figure 1b: time to fit against label noise, relative to clean labels",
