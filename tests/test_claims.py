@@ -106,9 +106,12 @@ def test_c2_monotone_towards_chance():
 def test_c2_not_run_without_p1_or_a_second_level_and_setups_apart():
     assert judge(frame(*_noise_curve("mlp1x512", {0.0: 0.5, 0.5: 0.3})))["C2"].status == NOT_RUN
     assert judge(frame(*_noise_curve("mlp1x512", {1.0: 0.1})))["C2"].status == NOT_RUN
-    # cnn has the curve, mlp only p0: the claim is not shown for every architecture
-    partial = frame(*_noise_curve("cnn", {0.0: 0.6, 1.0: 0.1}), run("mlp-p0"))
+    # cnn has the curve, mlp stopped short of p = 1: the claim is not shown for every architecture
+    partial = frame(*_noise_curve("cnn", {0.0: 0.6, 1.0: 0.1}), *_noise_curve("mlp1x512", {0.0: 0.5, 0.5: 0.3}))
     assert judge(partial)["C2"].status == NOT_RUN and statuses(judge(partial)["C2"])["cnn"] == PASS
+    # ... while an architecture that ran no label noise at all (only the shared baseline) is no subject
+    baseline_only = frame(*_noise_curve("cnn", {0.0: 0.6, 1.0: 0.1}), run("mlp-p0"))
+    assert judge(baseline_only)["C2"].status == PASS and list(statuses(judge(baseline_only)["C2"])) == ["cnn"]
     # Two learning rates are two setups, never averaged together; regularized runs are not Figure 1's.
     other_lr = [dict(r, run_id=r["run_id"] + "b", lr=0.1) for r in _noise_curve("mlp1x512", {0.0: 0.5, 1.0: 0.3})]
     two_lrs = frame(*_noise_curve("mlp1x512", {0.0: 0.5, 1.0: 0.1}), *other_lr,
@@ -181,6 +184,8 @@ def test_c4_every_corruption_fitted_and_ordered():
 
 def test_c4_not_run_without_corruptions_or_with_a_kind_missing():
     assert judge(frame(run("p0"), run("p1", label_noise=1.0)))["C4"].status == NOT_RUN
+    others = frame(*_fig1a("alexnet", ORDERED), run("mlp-p0"), run("mlp-p1", label_noise=1.0))
+    assert statuses(judge(others)["C4"]) == {"all runs": PASS, "alexnet": PASS}  # mlp ran no corruption
     partial = frame(*[r for r in _fig1a("alexnet", ORDERED) if r["corruption"] != "gaussian"])
     c4 = judge(partial)["C4"]
     assert c4.status == NOT_RUN and "missing gaussian" in c4.checks[1].evidence
@@ -205,7 +210,7 @@ def test_c5_noise_inputs_at_chance_and_shuffled_below_true_for_convnets():
 
 def test_c5_not_run_when_a_part_has_no_runs():
     assert judge(frame(run("p0"), run("p1", label_noise=1.0)))["C5"].status == NOT_RUN
-    mlp_only = frame(*_fig1a("mlp1x512", ORDERED))
+    mlp_only = frame(*_fig1a("mlp1x512", ORDERED), run("cnn-true", arch="cnn"))  # no convnet with shuffled pixels
     c5 = judge(mlp_only)["C5"]
     assert c5.status == NOT_RUN and statuses(c5) == {"random pixels, gaussian": PASS, "convnets": NOT_RUN}
     shuffled_only = frame(run("t", arch="cnn", final_test_acc=0.6),
@@ -237,7 +242,7 @@ def test_c6_neither_close_to_best_and_above_3_over_k():
 
 
 def test_c6_not_run_without_both_sides():
-    assert judge(frame(*_table1("alexnet", 0.45)))["C6"].status == NOT_RUN
+    assert judge(frame(*_table1("alexnet", 0.45)))["C6"].checks == []  # no regularized run: no subject
     assert judge(frame(run("wd", weight_decay=5e-4)))["C6"].status == NOT_RUN
 
 

@@ -14,8 +14,11 @@ Definitions used throughout:
 - A run that never fitted gives only a lower bound (> epochs run). A comparison the bounds cannot
   decide is NOT RUN for that subject ("needs a longer budget"), never PASS; one they decide is judged.
 - Comparisons between conditions (C2-C6) are made within a *group*: runs of one architecture and one
-  setup (lr, batch size, optimiser, data, ...); seeds are averaged. C2-C5 use the randomization
-  experiments' runs, i.e. without weight decay, dropout or augmentation (paper Section 2.1, Appendix A).
+  setup (lr, batch size, optimiser, data, ...); seeds are averaged. A group is a subject of the claim
+  when it ran the claim's manipulation (label noise for C2/C3, a pixel corruption for C4, shuffled
+  pixels for C5, a regularizer for C6); then it must have every run the comparison needs, or it is
+  NOT RUN. C2-C5 use the randomization experiments' runs, i.e. without weight decay, dropout or
+  augmentation (paper Section 2.1, Appendix A).
 - K, the number of classes, is the runs' `num_classes` metric (or 10 for the named 10-class datasets).
 
 A claim FAILs when any of its subjects fails, PASSes when every subject passes, and is NOT RUN
@@ -121,14 +124,18 @@ def prepare(runs: pd.DataFrame, history: pd.DataFrame) -> tuple[pd.DataFrame, in
     return r[[c for c in dict.fromkeys(needed) if c in r.columns]], left_out
 
 
-def _groups(r: pd.DataFrame) -> Iterator[tuple[str, pd.DataFrame]]:
-    """(label, runs) per architecture and setup; the label names the setup only where it tells groups apart."""
+def _groups(r: pd.DataFrame, treated: pd.Series) -> Iterator[tuple[str, pd.DataFrame]]:
+    """(label, runs) per architecture and setup that ran the claim's manipulation (`treated`: label noise,
+    a pixel corruption, a regularizer): a group with only the shared baseline run is not a subject of the
+    claim. The label names the setup only where it tells groups apart."""
     cols = [c for c in SETUP if c in r.columns]
     if r.empty or "arch" not in cols:
         return
     keyed = r.assign(**{c: r[c].astype(str) for c in cols})
     varying = [c for c in cols if c != "arch" and keyed[c].nunique() > 1]
     for key, g in keyed.groupby(cols, sort=True):
+        if not treated[g.index].any():
+            continue
         values = dict(zip(cols, key if isinstance(key, tuple) else (key,)))
         label = values["arch"] + "".join(f" {c}={values[c]}" for c in varying)
         yield label, r.loc[g.index]
@@ -208,7 +215,8 @@ def c2(r: pd.DataFrame) -> Claim:
     claim = Claim("C2", "Test error rises with label noise towards chance (Fig. 1c)",
                   "per arch, test_acc over label_noise never rises by more than 0.02 from one level to the next, "
                   "and at p = 1 it is within 0.03 of 1/K")
-    for label, g in _groups(r[r["_plain"] & (r["_corruption"] == "none")]):
+    noise = r[r["_plain"] & (r["_corruption"] == "none")]
+    for label, g in _groups(noise, noise["_noise"] > 0):
         levels = g.groupby("_noise")["_test"].mean().sort_index()
         k = g["_k"].iloc[0]
         if 1.0 not in levels.index or len(levels) < 2 or math.isnan(k):
@@ -229,7 +237,8 @@ def c2(r: pd.DataFrame) -> Claim:
 def c3(r: pd.DataFrame) -> Claim:
     claim = Claim("C3", "Fitting takes longer as labels get noisier, by a small constant factor (Fig. 1b)",
                   "per arch, epochs_to_fit at p = 1 is at least that at p = 0 and at most 10 times it")
-    for label, g in _groups(r[r["_plain"] & (r["_corruption"] == "none")]):
+    noise = r[r["_plain"] & (r["_corruption"] == "none")]
+    for label, g in _groups(noise, noise["_noise"] > 0):
         clean, noisy = g[g["_noise"] == 0], g[g["_noise"] == 1]
         if clean.empty or noisy.empty:
             claim.checks.append(Check(label, NOT_RUN, f"needs p = 0 and p = 1 runs (has {_names(g)})"))
@@ -261,7 +270,8 @@ def c4(r: pd.DataFrame) -> Claim:
     order = [("true labels", "shuffled pixels"), ("shuffled pixels", "random labels"),
              ("true labels", "gaussian"), ("gaussian", "random labels"),
              ("true labels", "random pixels"), ("random pixels", "random labels")]
-    for label, g in _groups(r[r["_plain"] & r["_kind"].notna()]):
+    fig1a = r[r["_plain"] & r["_kind"].notna()]
+    for label, g in _groups(fig1a, fig1a["_kind"].isin(PIXEL_KINDS)):
         kinds = {k: _bound(g[g["_kind"] == k]) for k in g["_kind"].unique()}
         parts = [(_le(kinds[a], kinds[b]), f"{a} <= {b}") for a, b in order if a in kinds and b in kinds]
         missing = [k for k in ("true labels", "random labels", *PIXEL_KINDS) if k not in kinds]
@@ -300,7 +310,7 @@ def c5(r: pd.DataFrame, convnet: Callable[[str], bool | None]) -> Claim:
                          for n, t, k in zip(noise_inputs["_name"], noise_inputs["_test"], noise_inputs["_k"]))
         claim.checks.append(Check("random pixels, gaussian", PASS if far.empty else FAIL,
                                   f"{len(noise_inputs) - len(far)}/{len(noise_inputs)} within 0.10 of 1/K: {rows}"))
-    for label, g in _groups(pairs):
+    for label, g in _groups(pairs, pairs["_kind"] == "shuffled pixels"):
         true, shuffled = g[g["_kind"] == "true labels"], g[g["_kind"] == "shuffled pixels"]
         if true.empty or shuffled.empty:
             claim.checks.append(Check(label, NOT_RUN, f"needs true labels and shuffled pixels (has {_names(g)})"))
@@ -308,8 +318,8 @@ def c5(r: pd.DataFrame, convnet: Callable[[str], bool | None]) -> Claim:
         a, b = shuffled["_test"].mean(), true["_test"].mean()
         claim.checks.append(Check(label, PASS if a < b else FAIL,
                                   f"test_acc shuffled pixels {_f(a)} < true labels {_f(b)}? [{_names(g)}]"))
-    if pairs.empty:
-        claim.checks.append(Check("convnets", NOT_RUN, "no convnet run with true labels or shuffled pixels"))
+    if not (pairs["_kind"] == "shuffled pixels").any():
+        claim.checks.append(Check("convnets", NOT_RUN, "no convnet run with shuffled pixels"))
     return claim
 
 
@@ -323,7 +333,8 @@ def c6(r: pd.DataFrame) -> Claim:
     only_table1 = ~clean["_dropout"] & augment.map(lambda a: set(a) <= {"", "crop"})
     setting = pd.Series("neither", index=clean.index).where(~clean["_crop"], "crop only")
     setting = setting.where(~clean["_wd"], setting.map({"neither": "wd only", "crop only": "crop+wd"}))
-    for label, g in _groups(clean[only_table1].assign(_setting=setting[only_table1])):
+    table1 = clean[only_table1].assign(_setting=setting[only_table1])
+    for label, g in _groups(table1, table1["_setting"] != "neither"):
         neither, regs = g[g["_setting"] == "neither"], g[g["_setting"] != "neither"]
         if neither.empty or regs.empty:
             claim.checks.append(Check(label, NOT_RUN, f"needs 'neither' and a regularized setting (has {_names(g)})"))
