@@ -232,9 +232,9 @@ def test_c6_neither_close_to_best_and_above_3_over_k():
     c6 = judge(ok)["C6"]
     assert c6.status == PASS and "best regularized (crop+wd) 0.520" in c6.checks[0].evidence
     far = frame(*_table1("alexnet", 0.40, crop_wd=0.52))
-    assert judge(far)["C6"].status == FAIL
+    assert judge(far)["C6"].status == FAIL and "0.120 below the best (> 0.10)" in judge(far)["C6"].checks[0].evidence
     low = frame(*_table1("alexnet", 0.25, wd=0.26))  # close to the best, but under 3/K = 0.3
-    assert judge(low)["C6"].status == FAIL
+    assert judge(low)["C6"].status == FAIL and "fails: neither 0.250 < 3/K" in judge(low)["C6"].checks[0].evidence
     # dropout and other augmentations are not Table 1's settings: neither "neither" nor the best
     extra = frame(*_table1("alexnet", 0.45, wd=0.46), run("drop", arch="alexnet", dropout=0.5, final_test_acc=0.9),
                   run("flip", arch="alexnet", augment="flip", final_test_acc=0.9))
