@@ -241,6 +241,17 @@ def test_c6_neither_close_to_best_and_above_3_over_k():
     assert judge(extra)["C6"].status == PASS
 
 
+def test_unknown_number_of_classes_is_not_run_never_fail():
+    # an older store without num_classes, on an image folder: K cannot be known from the name
+    runs = frame(*_table1("alexnet", 0.1, wd=0.5), *_noise_curve("cnn", {0.0: 0.5, 1.0: 0.1}),
+                 run("rp", corruption="random_pixels", final_test_acc=0.9))
+    runs = runs.assign(num_classes=math.nan, dataset="imagefolder:/data/x")
+    found = judge(runs)
+    assert [found[c].status for c in ("C2", "C5", "C6")] == [NOT_RUN] * 3
+    assert "number of classes unknown" in found["C6"].checks[0].evidence
+    assert judge(runs.assign(dataset="cifar10"))["C6"].status == FAIL  # a named 10-class dataset: K = 10
+
+
 def test_c6_not_run_without_both_sides():
     assert judge(frame(*_table1("alexnet", 0.45)))["C6"].checks == []  # no regularized run: no subject
     assert judge(frame(run("wd", weight_decay=5e-4)))["C6"].status == NOT_RUN

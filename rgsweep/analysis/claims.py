@@ -45,6 +45,7 @@ TEN_CLASS = {"cifar10": 10, "mnist": 10, "fashion-mnist": 10, "digits": 10, "syn
 # (epochs, fit_threshold) are left out: a random-label run may get more epochs than a clean one.
 SETUP = ("arch", "width", "depth", "batch_norm", "dataset", "subset", "optimizer", "lr", "momentum",
          "batch_size", "lr_schedule", "lr_decay", "preprocess", "val_fraction")
+UNKNOWN_K = "number of classes unknown (no num_classes metric, and not a named 10-class dataset)"
 PIXEL_KINDS = ("shuffled pixels", "random pixels", "gaussian")
 
 
@@ -221,7 +222,7 @@ def c2(r: pd.DataFrame) -> Claim:
         levels = g.groupby("_noise")["_test"].mean().sort_index()
         k = g["_k"].iloc[0]
         if 1.0 not in levels.index or len(levels) < 2 or math.isnan(k):
-            why = "no p = 1 run" if 1.0 not in levels.index else "one level only" if len(levels) < 2 else "K unknown"
+            why = "no p = 1 run" if 1.0 not in levels.index else "one level only" if len(levels) < 2 else UNKNOWN_K
             claim.checks.append(Check(label, NOT_RUN, f"{why} (levels {list(levels.index)})"))
             continue
         curve = " -> ".join(f"p{p:g} {_f(a)}" for p, a in levels.items())
@@ -302,11 +303,12 @@ def c5(r: pd.DataFrame, convnet: Callable[[str], bool | None]) -> Claim:
     pairs = pairs[pairs["arch"].astype(str).map(convnet).fillna(False).astype(bool)] if "arch" in pairs else pairs[:0]
     if noise_inputs.empty and not (pairs["_kind"] == "shuffled pixels").any():
         return claim
-    if noise_inputs.empty:
-        claim.checks.append(Check("random pixels, gaussian", NOT_RUN, "no random_pixels or gaussian runs"))
+    if noise_inputs.empty or noise_inputs["_k"].isna().any():
+        why = "no random_pixels or gaussian runs" if noise_inputs.empty else UNKNOWN_K
+        claim.checks.append(Check("random pixels, gaussian", NOT_RUN, why))
     else:
         gaps = (noise_inputs["_test"] - 1 / noise_inputs["_k"]).abs()
-        far = noise_inputs[~(gaps <= 0.10 + EPS)]  # NaN (K unknown) counts as not shown
+        far = noise_inputs[~(gaps <= 0.10 + EPS)]
         rows = "; ".join(f"{n} test_acc {_f(t)} (1/K {_f(1 / k)})"
                          for n, t, k in zip(noise_inputs["_name"], noise_inputs["_test"], noise_inputs["_k"]))
         claim.checks.append(Check("random pixels, gaussian", PASS if far.empty else FAIL,
@@ -343,7 +345,10 @@ def c6(r: pd.DataFrame) -> Claim:
         means = regs.groupby("_setting")["_test"].mean()
         best_name, best = means.idxmax(), means.max()
         plain, k = neither["_test"].mean(), g["_k"].iloc[0]
-        close, above = plain >= best - 0.10 - EPS, plain >= 3 / k - EPS  # NaN K: not above
+        if math.isnan(k):
+            claim.checks.append(Check(label, NOT_RUN, UNKNOWN_K))
+            continue
+        close, above = plain >= best - 0.10 - EPS, plain >= 3 / k - EPS
         ok = close and above
         evidence = (f"test_acc neither {_f(plain)}, best regularized ({best_name}) {_f(best)}, 3/K {_f(3 / k)} "
                     f"({', '.join(f'{s} {_f(v)}' for s, v in means.items())})")
