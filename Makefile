@@ -17,7 +17,7 @@ DATA_ARGS := $(if $(DATASET),--dataset $(DATASET)) $(if $(DATA_DIR),--data-dir $
 
 .DEFAULT_GOAL := help
 .PHONY: help install test test-fast lint demo sweep sweep-label-noise sweep-pixels sweep-regularizers \
-	sweep-architectures sweep-mnist tune tune-paper export report notebooks ui bench gpu-check models clean
+	sweep-architectures sweep-mnist paper-cpu paper tune tune-paper export report notebooks ui bench gpu-check models clean
 
 help: ## show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-22s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -64,6 +64,16 @@ sweep-architectures: install ## every model, true vs random labels, on CIFAR-10
 
 sweep-mnist: install ## the MNIST track (Adam, label noise, random pixels)
 	$(RGSWEEP) sweep sweeps/mnist.yaml $(DATA_ARGS) $(ARGS)
+
+PAPER_SWEEPS := label-noise pixels regularizers architectures
+
+paper-cpu: install ## laptop track: Fig. 1a-1c + Table 1 on a CIFAR-10 subset (<= 60 min, 2 cores), then report --check
+	$(RGSWEEP) sweep sweeps/paper-cpu.yaml $(DATA_ARGS) $(ARGS)
+	$(RGSWEEP) report --experiment paper-cpu --out reports --check
+
+paper: install ## the paper at full scale: every paper sweep (GPU box), then each report with the claims judged
+	for s in $(PAPER_SWEEPS); do $(RGSWEEP) sweep sweeps/$$s.yaml $(DATA_ARGS) $(ARGS) || exit $$?; done
+	rc=0; for s in $(PAPER_SWEEPS); do $(RGSWEEP) report --experiment $$s --out reports --check || rc=1; done; exit $$rc
 
 tune: install ## Optuna tunes the demo baseline (digits) -> sweeps/baselines/tune-demo.yaml (ARGS=--resume|--restart)
 	$(RGSWEEP) tune sweeps/tune-demo.yaml $(DATA_ARGS) $(ARGS)

@@ -209,10 +209,10 @@ class _StackedOptimizer:
 
 
 # -- the packed loop ------------------------------------------------------------------------------
-def _summary(num_params: int, device: torch.device, fingerprint: str, k: int) -> dict[str, Any]:
+def _summary(num_params: int, num_classes: int, device: torch.device, fingerprint: str, k: int) -> dict[str, Any]:
     return {
         "epochs_to_fit": None, "steps_to_fit": None, "fitted": False, "best_test_acc": 0.0,
-        "num_params": num_params, "device": str(device), "dataset_fingerprint": fingerprint,
+        "num_params": num_params, "num_classes": num_classes, "device": str(device), "dataset_fingerprint": fingerprint,
         "torch_version": torch.__version__, "stop_reason": "max_epochs", "pack_size": k,
     }
 
@@ -311,7 +311,7 @@ def train_packed(
 
     active = list(range(k_all))  # original index of each row of the stacked tensors
     results: list[dict[str, Any] | Exception | None] = [None] * k_all
-    summaries = [_summary(num_params, device, fingerprint, k_all) | {"data_prep_s": p} for p in prep_s]
+    summaries = [_summary(num_params, num_classes, device, fingerprint, k_all) | {"data_prep_s": p} for p in prep_s]
     times = [[0.0, 0.0, 0] for _ in range(k_all)]  # train time share, optim time share, samples
     rules = [StopRules(c) for c in configs]
     augmenting = any(a.names for a in augments)

@@ -398,8 +398,9 @@ def train(
 
     summary: dict[str, Any] = {
         "epochs_to_fit": None, "steps_to_fit": None, "fitted": False, "best_test_acc": 0.0,
-        "num_params": count_params(model), "device": str(device), "dataset_fingerprint": data.fingerprint,
-        "torch_version": torch.__version__, "stop_reason": "max_epochs", "data_prep_s": data_prep_s,
+        "num_params": count_params(model), "num_classes": data.num_classes, "device": str(device),
+        "dataset_fingerprint": data.fingerprint, "torch_version": torch.__version__, "stop_reason": "max_epochs",
+        "data_prep_s": data_prep_s,
     }
     train_time = 0.0
     samples = 0

@@ -55,7 +55,21 @@ def cmd_report(args: argparse.Namespace) -> int:
         parent = latest_sweep_parent(client, experiment_id(client, args.experiment))
         print(f"logged as artifacts report/ of sweep run {parent}" if parent
               else "no sweep parent run: report not logged to MLflow")
-    return EXIT_OK
+    return check_claims(path.parent) if args.check else EXIT_OK
+
+
+def check_claims(folder: Path) -> int:
+    """`report --check`: the claims of the report just written, one line each; 1 when a judged one fails."""
+    from rgsweep.analysis import claims
+    from rgsweep.analysis.export import load_export
+
+    judged, _ = claims.judge(*load_export(folder / "data"))
+    for line in claims.check_lines(judged):
+        print(line)
+    bad = claims.failed(judged)
+    print(f"claims: {len(bad)} FAILED ({', '.join(c.id for c in bad)})" if bad
+          else "claims: none failed (NOT RUN ones lacked the runs they need)")
+    return EXIT_FAILED if bad else EXIT_OK
 
 
 def cmd_notebooks(args: argparse.Namespace) -> int:
@@ -201,6 +215,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--experiment", required=True, metavar="NAME")
     p.add_argument("--out", default="reports", metavar="DIR", help="output folder (default: reports/)")
     p.add_argument("--no-log", action="store_true", help="do not log the report to the sweep's parent run")
+    p.add_argument("--check", action="store_true",
+                   help="exit 1 when a claim of the paper that the runs can judge FAILs (NOT RUN does not fail)")
     _tracking_arg(p)
     p.set_defaults(func=cmd_report)
 

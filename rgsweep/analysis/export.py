@@ -22,7 +22,7 @@ if TYPE_CHECKING:  # mlflow is imported lazily: notebooks only need load_export,
 # Logged once per run at the end (layout contract); every other metric key is per-epoch.
 SUMMARY_METRICS = frozenset({
     "epochs_to_fit", "steps_to_fit", "fitted", "best_test_acc", "final_train_acc", "final_test_acc",
-    "final_gen_gap", "final_train_loss", "samples_per_s", "train_time_s", "epochs_run",
+    "final_gen_gap", "final_train_loss", "samples_per_s", "train_time_s", "epochs_run", "num_classes",
 })
 # Per-epoch metrics in the order people read them; unknown keys follow, sorted.
 HISTORY_ORDER = (

@@ -1,5 +1,6 @@
-"""`rgsweep report`: export an experiment, draw the figures, write report.md beside them, and log the
-folder as artifacts (`report/`) of the experiment's latest sweep parent run, where the MLflow UI shows it."""
+"""`rgsweep report`: export an experiment, judge the paper's claims on it, draw the figures, write report.md
+(and claims.json) beside them, and log the folder as artifacts (`report/`) of the experiment's latest sweep
+parent run, where the MLflow UI shows it."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
-from rgsweep.analysis import figures, tables
+from rgsweep.analysis import claims, figures, tables
 from rgsweep.analysis.export import experiment_id, export_runs, get_client, load_export, resolve_uri
 from rgsweep.analysis.frames import col, finished, latest_per_trial, swept_factors
 
@@ -62,6 +63,13 @@ def latest_sweep_parent(client, exp_id: str) -> str | None:
     return found[0].info.run_id if found else None
 
 
+def claims_section(folder: Path, runs: pd.DataFrame, history: pd.DataFrame) -> list[str]:
+    """The paper's claims judged on the runs: the section's lines; claims.json beside report.md."""
+    judged, left_out = claims.judge(runs, history)
+    (folder / "claims.json").write_text(claims.to_json(judged))
+    return [claims.to_markdown(judged, left_out)]
+
+
 def write_report(folder: Path, runs: pd.DataFrame, history: pd.DataFrame, *, title: str, source: str) -> Path:
     """report.md plus one PNG per figure that has data, from exported frames."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -76,6 +84,7 @@ def write_report(folder: Path, runs: pd.DataFrame, history: pd.DataFrame, *, tit
         f"- trials: {len(runs)} ({statuses or 'none'}); figures and tables use the {len(done)} FINISHED ones",
         f"- dataset: {datasets}; the paper's numbers are CIFAR-10",
         f"- swept factors: {', '.join(swept_factors(runs)) or 'none'}",
+        "", "## Claims", "", *claims_section(folder, runs, history),
         "", "## Figures", "",
     ]
     for name, heading, build in FIGURES:
@@ -124,6 +133,6 @@ def build_report(
         if parent is None:
             log.warning("experiment %r has no sweep parent run: report not logged to MLflow", experiment)
         else:
-            for f in [path, *sorted(folder.glob("*.png"))]:
+            for f in [path, folder / "claims.json", *sorted(folder.glob("*.png"))]:
                 client.log_artifact(parent, str(f), artifact_path="report")
     return path
