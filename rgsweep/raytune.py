@@ -114,20 +114,30 @@ class _Forward(TrackingCallback):
     def __init__(self, target: Any):
         self.target = target
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Tune pickles its callbacks into the experiment state (never restored: rgsweep resumes from MLflow);
+        # the progress line writes to this process's stderr, which does not pickle.
+        return {"target": None}
+
     def trial_started(self, trial_id, config):
-        self.target.trial_started(trial_id, config)
+        if self.target is not None:
+            self.target.trial_started(trial_id, config)
 
     def trial_result(self, trial_id, result):
-        self.target.trial_result(trial_id, result)
+        if self.target is not None:
+            self.target.trial_result(trial_id, result)
 
     def trial_completed(self, trial_id):
-        self.target.trial_completed(trial_id)
+        if self.target is not None:
+            self.target.trial_completed(trial_id)
 
     def trial_errored(self, trial_id, error):
-        self.target.trial_errored(trial_id, error)
+        if self.target is not None:
+            self.target.trial_errored(trial_id, error)
 
     def on_step_end(self, iteration, trials, **info):
-        self.target.tick()
+        if self.target is not None:
+            self.target.tick()
 
 
 class _DropSlowWarnings(logging.Filter):
