@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -75,8 +76,9 @@ def rgsweep(*args: str, cwd: Path, env: dict[str, str], hide_data_in: Path | Non
             ) -> subprocess.CompletedProcess:
     cmd = [RGSWEEP, *args] if hide_data_in is None else [sys.executable, "-c", HIDING_DRIVER, *args]
     env = env if hide_data_in is None else {**env, "HIDE_DATA_IN": str(hide_data_in)}
+    t0 = time.monotonic()
     out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-    print(out.stdout[-3000:], out.stderr[-3000:], sep="\n")
+    print(out.stdout[-3000:], out.stderr[-3000:], f"rgsweep {args[0]}: {time.monotonic() - t0:.0f} s", sep="\n")
     return out
 
 
