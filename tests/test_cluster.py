@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -54,9 +55,30 @@ def stack(postgres):  # noqa: F811
         shutil.rmtree(root, ignore_errors=True)
 
 
-def rgsweep(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
-    out = subprocess.run([RGSWEEP, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-    print(out.stdout[-3000:], out.stderr[-3000:], sep="\n")
+# `rgsweep ARGS` in a driver that moves the data folder away as soon as it has loaded the data (its
+# `preload` step), before Ray or any trial starts: a trial that opened a dataset file would find none.
+HIDING_DRIVER = """
+import os, shutil, sys
+import rgsweep.sweep
+from rgsweep.cli import main
+
+load = rgsweep.sweep.preload
+def load_then_hide(*args, **kwargs):
+    data = load(*args, **kwargs)
+    shutil.move("data", os.environ["HIDE_DATA_IN"])
+    return data
+rgsweep.sweep.preload = load_then_hide
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def rgsweep(*args: str, cwd: Path, env: dict[str, str], hide_data_in: Path | None = None,
+            ) -> subprocess.CompletedProcess:
+    cmd = [RGSWEEP, *args] if hide_data_in is None else [sys.executable, "-c", HIDING_DRIVER, *args]
+    env = env if hide_data_in is None else {**env, "HIDE_DATA_IN": str(hide_data_in)}
+    t0 = time.monotonic()
+    out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    print(out.stdout[-3000:], out.stderr[-3000:], f"rgsweep {args[0]}: {time.monotonic() - t0:.0f} s", sep="\n")
     return out
 
 
@@ -100,8 +122,9 @@ def test_sweep_on_two_node_cluster_with_postgres_mlflow_server(tmp_path, stack, 
     env.pop("RAY_ADDRESS", None)
     sweep = ["sweep", "../sweeps/cluster.yaml", "--data-dir", "data", "--ray-address", ray_cluster.address]
 
-    out = rgsweep(*sweep, cwd=work, env=env)
+    out = rgsweep(*sweep, cwd=work, env=env, hide_data_in=tmp_path / "away")
     assert out.returncode == 0
+    assert not (work / "data").exists() and (tmp_path / "away" / "cifar-10-batches-py").is_dir()  # it was hidden
     client = MlflowClient(server.url)
     exp = client.get_experiment_by_name("cluster")
     runs = tracking.search_children(client, exp.experiment_id)
@@ -116,6 +139,7 @@ def test_sweep_on_two_node_cluster_with_postgres_mlflow_server(tmp_path, stack, 
     assert count_runs() == 5  # 4 trials and the sweep's parent
 
     # --resume against the server: nothing left to run, nothing duplicated.
+    shutil.move(tmp_path / "away", work / "data")  # the driver checks the data again
     out = rgsweep(*sweep, "--resume", cwd=work, env=env)
     assert out.returncode == 0 and "4 trials, 0 to run" in out.stdout
     again = tracking.search_children(client, exp.experiment_id)
