@@ -1,7 +1,7 @@
 """`make bench`: rgsweep's training loop against the standard torchvision pipeline, side by side.
 
 For each model (mlp1x512, alexnet, resnet18 by default), without and with augmentation (random crop with
-4-pixel padding + horizontal flip), the same number of training samples goes through
+4-pixel padding + horizontal flip: rgsweep's `padcrop`, flip), the same number of training samples goes through
 
   (a) rgsweep's `train()` with the paper preset: data decoded once, on the device, batched augmentation;
   (b) the reference loop of `benchmarks/reference.py`: ImageFolder + PIL transforms + DataLoader workers.

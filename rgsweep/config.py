@@ -80,7 +80,9 @@ class TrialConfig(BaseModel):
 
     # execution
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    eval_batch_size: int = Field(2048, ge=1)  # forward-only batches for the per-epoch evaluation
+    # forward-only batches for the per-epoch evaluation; None: 2048 on CUDA, 256 on the CPU (where the
+    # activations of 2,048 images leave the cache: a small CNN evaluates 1.2-2x faster in batches of 256)
+    eval_batch_size: int | None = Field(None, ge=1)
     eval_every: int = Field(1, ge=1)  # full test-set evaluation every N epochs, and always at the run's last
 
     @field_validator("dataset")

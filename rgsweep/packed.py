@@ -55,6 +55,7 @@ from rgsweep.train import (
     add_test,
     autocast_for,
     epoch_metrics,
+    eval_batch_size,
     make_augment,
     make_scheduler,
     prepare_data,
@@ -307,7 +308,7 @@ def train_packed(
     starts = [i for i in range(0, n, bs) if n - i > 1 or i == 0]
     steps_per_epoch = len(starts)
     samples_per_epoch = sum(min(bs, n - i) for i in starts)
-    eb = max(64, c0.eval_batch_size // k_all)  # K trials share the memory of one eval batch
+    eb = max(64, eval_batch_size(c0, device) // k_all)  # K trials share the memory of one eval batch
 
     active = list(range(k_all))  # original index of each row of the stacked tensors
     results: list[dict[str, Any] | Exception | None] = [None] * k_all

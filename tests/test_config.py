@@ -22,6 +22,13 @@ from rgsweep.config import ConfigError, TrialConfig, make_config
         ({"learning_rate": 0.1}, ["unknown key 'learning_rate'", "allowed keys", "lr", "label_noise"]),
         ({"early_stopping": 3}, ["early_stopping", "val_fraction"]),
         ({"device": "tpu"}, ["device", "cpu", "cuda"]),
+        # The paper's crop is defined with the paper's whitening and on the image's own pixels (test_crop.py).
+        ({"augment": ["crop"], "preprocess": "standard"}, ["augment", "preprocess: paper", "'standard'", "padcrop"]),
+        ({"augment": ["crop"], "preprocess": "none"}, ["augment", "preprocess: paper", "padcrop"]),
+        ({"augment": ["crop"], "corruption": "shuffled_pixels"}, ["augment", "shuffled_pixels", "padcrop"]),
+        ({"augment": "crop,flip", "corruption": "random_pixels"}, ["augment", "random_pixels", "padcrop"]),
+        ({"augment": ["crop", "padcrop"]}, ["augment", "crop", "padcrop", "one of them"]),
+        ({"eval_every": 0}, ["eval_every", "greater than or equal to 1"]),
     ],
 )
 def test_bad_values_name_key_and_allowed(values, needles):
