@@ -5,12 +5,14 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 import torch
+from datafiles import write_image_folder
 
 from rgsweep.analysis import samples
 from rgsweep.analysis.export import parse_param
 from rgsweep.cli import main
 from rgsweep.config import make_config
 from rgsweep.data.corruption import corrupt
+from rgsweep.data.preprocess import whiten
 from rgsweep.train import prepare_data
 
 BASE = {"dataset": "digits", "preprocess": "paper", "device": "cpu", "corruption_seed": 3}
@@ -120,3 +122,19 @@ def test_show_writes_the_png_of_one_trial(tmp_path, capsys):
     assert err.startswith("rgsweep show: error: ") and err.count("\n") == 1
     assert main(["show", "--corruption", "blur"]) == 2
     assert "allowed: none, shuffled_pixels" in capsys.readouterr().err
+
+
+def test_the_papers_crop_row_is_whitened_windows_of_the_trials_full_size_images(tmp_path):
+    write_image_folder(tmp_path / "imgs", n_train=4, size=(32, 32))  # larger than the 28x28 window
+    config = make_config({"dataset": f"imagefolder:{tmp_path / 'imgs'}", "augment": ["crop"], "seed": 1})
+    clean, cropped = samples.sample_rows([config])
+    full = prepare_data(config, torch.device("cpu")).x_crop  # the full-size images its batches are cut from
+    assert clean.images.shape[1:] == cropped.images.shape[1:] == (3, 28, 28) and full.shape[1:] == (3, 32, 32)
+    offsets = []
+    for img, i in zip(cropped.images, cropped.index):
+        windows = {(dy, dx): whiten(full[i : i + 1, :, dy : dy + 28, dx : dx + 28])[0]
+                   for dy in range(5) for dx in range(5)}
+        found = [k for k, w in windows.items() if torch.allclose(w, img, atol=1e-5)]
+        assert len(found) == 1, "each image is one whitened window of the trial's own full-size image"
+        offsets += found
+    assert len(set(offsets)) > 1  # random windows, not the centre every time

@@ -3,9 +3,11 @@
 One row per condition: the clean data, one label-noise level (changed labels in red, `old→new`), each
 pixel corruption, each augmentation pipeline, each other preprocessing. Every row is drawn from the
 tensors a trial trains on: `rgsweep.train.prepare_data` (load, corrupt, preprocess; on the CPU) and, for
-augmentation, the trial's `Augment` applied to the batch, then each image min-max rescaled to [0, 1] for
-display (whitened pixels have no fixed range). The same training-set positions appear in every column
-(one image per class, first of each in training order), so a column shows one image under each condition.
+augmentation, the trial's pipeline (`make_augment`) applied to a batch of the images its batches are cut
+from (the full-size ones for the paper's crop, which then yields whitened 28x28 windows), then each image
+min-max rescaled to [0, 1] for display (whitened pixels have no fixed range). The same training-set
+positions appear in every column (one image per class, first of each in training order), so a column
+shows one image under each condition.
 
 Used by `rgsweep show` (one trial), `rgsweep report` and notebooks/00_data.ipynb (the trials of an export),
 and the end of a sweep (the figure goes to the parent run through rgsweep.tracking; no MLflow here).
@@ -126,8 +128,7 @@ def pick(labels: torch.Tensor, num_classes: int, n: int = SHOWN) -> torch.Tensor
 
 def sample_rows(configs: Iterable[TrialConfig], n: int = SHOWN) -> list[SampleRow]:
     """One row per condition (see `conditions`), each from its trial's own tensors, on the CPU."""
-    from rgsweep.data.augment import Augment
-    from rgsweep.train import prepare_data
+    from rgsweep.train import make_augment, prepare_data
 
     cpu = torch.device("cpu")
     cache: dict[tuple, Any] = {}
@@ -144,8 +145,9 @@ def sample_rows(configs: Iterable[TrialConfig], n: int = SHOWN) -> list[SampleRo
         d, ref = data(c), data(clean(c))
         idx = pick(ref.y_train, ref.num_classes, n)
         images = d.x_train[idx]
-        if c.augment:  # the module train() builds, on a batch of these images, with the trial's seed
-            images = Augment(c.augment)(images, torch.Generator().manual_seed(c.seed))
+        if c.augment:  # as train() does: its pipeline on a batch cut from its source (full-size for the crop)
+            source = d.x_crop if d.x_crop is not None else d.x_train
+            images = make_augment(c, d)(source[idx], torch.Generator().manual_seed(c.seed))
         changed = float(d.noisy.float().mean()) if len(d.noisy) else 0.0
         title = describe(c, todo[0]) + (f"; {changed:.0%} of the training labels changed" if changed else "")
         rows.append(SampleRow(title, c, images, d.y_train[idx], ref.y_train[idx], d.noisy[idx], idx, changed))
