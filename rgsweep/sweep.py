@@ -130,8 +130,10 @@ def _fmt_value(v: Any) -> str:
 
 def expand(
     spec: SweepSpec, path: Path, overrides: dict[str, Any] | None = None, smoke: bool = False,
+    seeds: list[int] | None = None,
 ) -> Plan:
-    """Every trial of the sweep as a validated TrialConfig. Raises ConfigError naming the bad trial."""
+    """Every trial of the sweep as a validated TrialConfig. Raises ConfigError naming the bad trial.
+    `seeds` (from --seeds) replaces the file's, and --smoke keeps them all: they were asked for."""
     base: dict[str, Any] = {}
     if spec.baseline:
         bpath = (path.parent / spec.baseline).resolve()
@@ -150,7 +152,7 @@ def expand(
     for k in keys:
         names = [kk for v in grid[k] for kk in v] if isinstance(grid[k][0], dict) else [k]
         swept += [kk for kk in dict.fromkeys(names) if kk not in swept]
-    seeds = spec.seeds[:1] if smoke else spec.seeds
+    seeds = seeds or (spec.seeds[:1] if smoke else spec.seeds)
     if len(seeds) > 1:
         swept.append("seed")
 
@@ -656,9 +658,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     spec = load_spec(path)
     overrides = overrides_from_args(args)
     seeds = seeds_override(args.seeds, overrides)
-    if seeds is not None:
-        spec.seeds = seeds
-    plan = expand(spec, path, overrides, smoke=args.smoke)
+    plan = expand(spec, path, overrides, smoke=args.smoke, seeds=seeds)
     if args.cpus_per_trial or args.gpus_per_trial is not None:
         try:
             plan.spec.resources = Resources(

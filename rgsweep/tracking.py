@@ -226,16 +226,15 @@ class RunTracker:
         self.finish("FAILED")
 
 
-def plot_learning_curve(history: list[dict[str, float]], path: Path, title: str = "") -> None:
-    """Loss and accuracy against epochs. The subsets of the training set whose labels were kept / changed
-    get their own colour and dash, so memorisation (the changed ones fitted last) reads at a glance."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def learning_curve_figure(history: list[dict[str, float]], title: str = "") -> Any:
+    """Loss and accuracy against epochs (a matplotlib Figure, built without pyplot's global state). The
+    subsets of the training set whose labels were kept / changed get their own colour and dash, so
+    memorisation (the changed ones fitted last) reads at a glance."""
+    from matplotlib.figure import Figure
 
     epochs = [h.get("epoch", i + 1) for i, h in enumerate(history)]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.8))
+    fig = Figure(figsize=(9, 3.8))
+    ax1, ax2 = fig.subplots(1, 2)
     # Fixed margins rather than tight_layout, which measures every tick label: the plot is drawn in the
     # sweep driver once per trial, and this halves it (0.6 -> 0.3 s).
     fig.subplots_adjust(left=0.08, right=0.98, bottom=0.14, top=0.86 if title else 0.95, wspace=0.25)
@@ -252,8 +251,11 @@ def plot_learning_curve(history: list[dict[str, float]], path: Path, title: str 
     ax2.set(xlabel="epoch", ylabel="accuracy", ylim=(0, 1.02))
     ax1.legend(fontsize=8)
     ax2.legend(fontsize=8)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    return fig
+
+
+def plot_learning_curve(history: list[dict[str, float]], path: Path, title: str = "") -> None:
+    learning_curve_figure(history, title).savefig(path, dpi=80)
 
 
 def search_children(
@@ -421,24 +423,21 @@ def describe_trial(config: Any, summary: dict[str, Any], error: str | None = Non
 def log_dataset_inputs(client: MlflowClient, run_id: str, config: Any, fingerprint: str) -> None:
     """The trial's train and test data as MLflow dataset inputs (the Dataset column and its filter).
 
-    MLflow keeps one input per (name, digest) and run, so the two splits are named apart
-    (`digits/train`, `digits/test`); the digest of both is the dataset's fingerprint, and the profile says
-    what the trial did to each split."""
+    MLflow keeps one input per (name, digest) and run, so the two splits are named apart (`digits/train`,
+    `digits/test`), each with its context; the digest of both is the dataset's fingerprint. A dataset
+    entity is shared by every run of the experiment (its first run's profile stays), so what this trial
+    did to the data goes in the input's own tags (`rgsweep.label_noise`, `rgsweep.corruption`)."""
     from mlflow.entities import Dataset, DatasetInput, InputTag
 
     name = config.dataset if not str(config.dataset).startswith("imagefolder:") else \
         "imagefolder:" + Path(str(config.dataset)[len("imagefolder:"):]).name
     source = json.dumps({"uri": str(config.data_dir or config.dataset)})
-    pixels = {"corruption": config.corruption, "corrupt_fraction": config.corrupt_fraction}
-    splits = {
-        "train": {"label_noise": config.label_noise, **pixels, "subset": config.subset,
-                  "val_fraction": config.val_fraction, "augment": list(config.augment)},
-        "test": pixels,
-    }
+    pixels = {TAG + "corruption": config.corruption}
+    splits = {"train": {TAG + "label_noise": str(config.label_noise), **pixels}, "test": pixels}
     inputs = [
-        DatasetInput(Dataset(f"{name}/{split}", fingerprint[:36], "local", source, profile=json.dumps(profile)),
-                     [InputTag("mlflow.data.context", split)])
-        for split, profile in splits.items()
+        DatasetInput(Dataset(f"{name}/{split}", fingerprint[:36], "local", source),
+                     [InputTag("mlflow.data.context", split), *(InputTag(k, v) for k, v in extra.items())])
+        for split, extra in splits.items()
     ]
     retry(lambda: client.log_inputs(run_id, datasets=inputs))
 
