@@ -95,16 +95,27 @@ def ui_address(sweep_store, tmp_path_factory):
         assert found, log.read_text()
         yield found.group(1)
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
+        _stop_group(proc)
+
+
+def _stop_group(proc: subprocess.Popen, timeout: float = 20.0) -> None:
+    """SIGTERM to the whole session `rgsweep ui` leads (it and the mlflow server under it), SIGKILL to
+    whatever is left after `timeout` seconds."""
+    os.killpg(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        proc.poll()
         try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+            os.killpg(proc.pid, 0)  # anyone left in the group?
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
 
 
 @pytest.fixture
-def page(capsys):
+def page(capsys, request):
     _require_browser()
     from playwright.sync_api import sync_playwright
 
@@ -118,15 +129,20 @@ def page(capsys):
         pg.set_default_timeout(PAGE_S * 1000)
         try:
             yield pg
-        except BaseException:
-            pg.screenshot(path=str(SHOTS / "failure.png"))
-            raise
-        finally:
+        finally:  # what the page showed last, pass or fail
+            pg.screenshot(path=str(SHOTS / f"{request.node.name[5:40]}-last.png"))
             browser.close()
 
 
-def _row_of(page, name: str):
-    return page.locator("[role=row]", has=page.locator("[col-id='attributes.`Run Name`']", has_text=name)).first
+def _name_cell(page, name: str):
+    return page.locator("[col-id='attributes.`Run Name`']", has=page.get_by_role("link", name=name, exact=True))
+
+
+def _cell(page, name: str, column: str):
+    """A run's cell in another column: AG Grid draws the pinned columns (the run name) and the others in
+    separate row elements that share a row-index."""
+    row = page.locator("[role=row]", has=_name_cell(page, name)).first
+    return page.locator(f"[role=row][row-index='{row.get_attribute('row-index')}'] [col-id='{column}']").first
 
 
 def test_the_printed_address_shows_the_sweep_as_a_person_should_see_it(ui_address, sweep_store, page):
@@ -143,14 +159,14 @@ def test_the_printed_address_shows_the_sweep_as_a_person_should_see_it(ui_addres
 
     # The children under the parent (one click on its expander), each in its architecture's colour,
     # with the Dataset column filled.
-    _row_of(page, "sweep-ui-browser").locator("button[data-component-id*='runnamecellrenderer']").click()
+    _name_cell(page, "sweep-ui-browser").locator("button[data-component-id*='runnamecellrenderer']").click()
     for name in names:
-        row = _row_of(page, name)
-        row.wait_for()
-        colour = row.locator("[data-testid=experiment-view-table-run-color] input").get_attribute("value")
+        cell = _name_cell(page, name)
+        cell.wait_for()
+        colour = cell.locator("[data-testid=experiment-view-table-run-color] input").get_attribute("value")
         assert colour == arch_color(name.split("-")[0]), name
-        assert "digits/train" in row.locator("[col-id='attributes.`Dataset`']").inner_text(), name
-    assert _row_of(page, "sweep-ui-browser").locator("[col-id='attributes.`Dataset`']").inner_text().strip() == "-"
+        assert "digits/train" in _cell(page, name, "attributes.`Dataset`").inner_text(), name
+    assert _cell(page, "sweep-ui-browser", "attributes.`Dataset`").inner_text().strip() == "-"
     page.screenshot(path=str(SHOTS / "2-children-expanded.png"))
 
 
@@ -160,17 +176,18 @@ def test_compare_gen_gap_against_label_noise_per_architecture_in_at_most_five_ac
     actions = 0
     page.get_by_text("sweep-ui-browser", exact=True).click()  # 1: the sweep's parent run
     actions += 1
-    page.get_by_text("Show more").click()  # 2: the whole description
+    page.locator("[data-testid=show-comment-toggle]").click()  # 2: "Show more" of the description
     actions += 1
-    figure = page.locator("img[alt='Generalization gap against label noise']")
+    description = page.locator("[data-testid=note-editor-preview-content]")
+    figure = description.locator("img[src*='report/gen_gap_vs_label_noise.png']")  # (the UI drops alt texts)
     figure.wait_for()
     assert figure.evaluate("img => img.complete && img.naturalWidth > 300")  # the PNG loaded from the artifacts
-    table = page.locator("table", has=page.locator("th", has_text="gen_gap")).first
+    table = description.locator("table", has=page.locator("th", has_text="gen_gap")).first
     headers = [h.strip() for h in table.locator("th").all_inner_texts()]
     assert headers[:3] == ["run", "arch", "label_noise"] and "gen_gap" in headers
     cells = table.locator("tbody tr").all_inner_texts()
     assert len(cells) == 4 and {c.split("\t")[1] for c in cells} == {"mlp1x512", "cnn"}
-    assert "Sweep ui-browser ended: 4 trials, 4 finished, 0 failed" in page.inner_text("body")
+    assert "Sweep ui-browser ended: 4 trials, 4 finished, 0 failed" in description.inner_text()
     figure.scroll_into_view_if_needed()
     page.screenshot(path=str(SHOTS / "3-parent-description.png"))
     assert actions <= RECIPE_MAX_ACTIONS
