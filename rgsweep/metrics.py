@@ -44,7 +44,9 @@ RESULTS: dict[str, str] = {
     "num_classes": "classes of the dataset",
     "pack_size": "trials trained together with this one (--pack)",
     "device_s": "device-seconds: wall seconds the trial held its device share x that share (GPU fraction or "
-                "CPU cores); tag rgsweep.device_kind says which device",
+                "CPU cores); tag rgsweep.device_kind says which device. Measured by the trial from its start to "
+                "its summary; a pruned tuning trial sends none, so the driver charges the time it saw; a trial "
+                "that crashed or was killed is not charged",
     "device_share": "the trial's share of its device: GPU fraction, or CPU cores",
 }
 

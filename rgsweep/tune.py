@@ -373,6 +373,9 @@ class StudyTracker:
         self.parent: tracking.RunTracker | None = None
         self.runs: dict[str, tracking.RunTracker] = {}  # Ray trial id -> open child run
         self.configs: dict[str, TrialConfig] = {}  # Ray trial id -> its config (for its description)
+        self.started: dict[str, float] = {}  # Ray trial id -> when it started (a pruned trial's cost)
+        self.resources: dict[str, float] = {"cpu": 1.0, "gpu": 0.0}  # per trial, set once Ray is up
+        self.device_kind = ""  # as the last trial that ended by itself reported it
         self.last_epoch: dict[str, int] = {}
         self.trial_number: Any = lambda ray_id: None  # set to the searcher's lookup before trials start
         self.base = plan.base.model_dump()
@@ -428,6 +431,7 @@ class StudyTracker:
         )
         self.runs[ray_id].title = f"{name} ({tracking.condition(cfg)})"
         self.configs[ray_id] = cfg
+        self.started[ray_id] = time.monotonic()
 
     def trial_result(self, ray_id: str, result: dict[str, Any]) -> None:
         run = self.runs.get(ray_id)
@@ -438,6 +442,7 @@ class StudyTracker:
             diverged = summary.pop("status") == "diverged"
             run.set_tags({"optuna.state": "failed" if diverged else "complete"})
             tracking.annotate_trial(run, self.configs[ray_id], summary)
+            self.device_kind = summary.get("device_kind", self.device_kind)
             tracking.finish_trial(run, summary, diverged=diverged)
             del self.runs[ray_id]
         elif "epoch" in result:
@@ -450,7 +455,13 @@ class StudyTracker:
             return
         # Completed without a summary: ASHA stopped it. A pruned trial is a normal outcome: FINISHED.
         run.set_tags({"optuna.state": "pruned", "rgsweep.stop_reason": "pruned"})
-        run.log_metrics({"epochs_run": self.last_epoch.get(ray_id, 0)})
+        # Stopped inside its epoch report, a pruned trial sends no summary: the driver charges the wall time
+        # it saw between the trial's start and its stop (scheduling included) at the trial's share.
+        share = self.resources["gpu"] or self.resources["cpu"]
+        kind = self.device_kind or ("gpu" if self.resources["gpu"] else "cpu")
+        run.set_tags({"rgsweep.device_kind": kind})
+        run.log_metrics({"epochs_run": self.last_epoch.get(ray_id, 0), "device_share": share,
+                         "device_s": (time.monotonic() - self.started.get(ray_id, time.monotonic())) * share})
         tracking.set_note(self.client, run.run_id, f"{tracking.condition(self.configs[ray_id])}: pruned by ASHA "
                                                    f"after epoch {self.last_epoch.get(ray_id, 0)}")
         run.log_learning_curve()
@@ -614,6 +625,7 @@ def run_tune(
     try:
         res = plan.spec.resources
         resources = fit_resources({"cpu": res.cpu, "gpu": res.gpu}, raytune.cluster_resources())
+        tracker.resources = resources
         raytune.run_trials(
             trainable, name=f"{plan.study}-{time.strftime('%Y%m%d-%H%M%S')}",
             storage_path=storage_path or os.environ.get("RGSWEEP_STORAGE") or default_storage(tracker.uri),
