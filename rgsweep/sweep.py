@@ -44,6 +44,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from rgsweep import tracking
 from rgsweep.config import ConfigError, TrialConfig, load_yaml, make_config
+from rgsweep.metrics import EPOCH_SERIES
 from rgsweep.preload import SweepData, preload
 from rgsweep.progress import Progress
 
@@ -130,8 +131,10 @@ def _fmt_value(v: Any) -> str:
 
 def expand(
     spec: SweepSpec, path: Path, overrides: dict[str, Any] | None = None, smoke: bool = False,
+    seeds: list[int] | None = None,
 ) -> Plan:
-    """Every trial of the sweep as a validated TrialConfig. Raises ConfigError naming the bad trial."""
+    """Every trial of the sweep as a validated TrialConfig. Raises ConfigError naming the bad trial.
+    `seeds` (from --seeds) replaces the file's, and --smoke keeps them all: they were asked for."""
     base: dict[str, Any] = {}
     if spec.baseline:
         bpath = (path.parent / spec.baseline).resolve()
@@ -150,7 +153,7 @@ def expand(
     for k in keys:
         names = [kk for v in grid[k] for kk in v] if isinstance(grid[k][0], dict) else [k]
         swept += [kk for kk in dict.fromkeys(names) if kk not in swept]
-    seeds = spec.seeds[:1] if smoke else spec.seeds
+    seeds = seeds or (spec.seeds[:1] if smoke else spec.seeds)
     if len(seeds) > 1:
         swept.append("seed")
 
@@ -159,13 +162,18 @@ def expand(
     for combo in itertools.product(*(grid[k] for k in keys)):
         values = dict(base)
         chosen: dict[str, Any] = {}
+        named: list[str] = []  # the keys the run name shows
         for k, v in zip(keys, combo):
             if isinstance(v, dict):
                 values.update(v)
                 chosen.update(v)
+                # A bundle that picks the architecture carries that architecture's setup (its lr, ...):
+                # the name shows the architecture alone.
+                named += ["arch"] if "arch" in v else list(v)
             else:
                 values[k] = v
                 chosen[k] = v
+                named.append(k)
         for seed in seeds:
             values_s = {**values, "seed": seed}
             where = f"{path} (trial {', '.join(f'{k}={_fmt_value(v)}' for k, v in chosen.items())})"
@@ -174,7 +182,7 @@ def expand(
             if key in seen:  # two grid points that resolve to the same trial run once
                 continue
             seen.add(key)
-            name = tracking.run_name(cfg, swept)
+            name = tracking.run_name(cfg, named, seed=len(seeds) > 1)
             if any(t.name == name for t in trials):  # same swept values, other base: keep names unique
                 name = f"{name}-{key[:6]}"
             trials.append(Trial(cfg, key, name, {**chosen, "seed": seed}))
@@ -191,9 +199,10 @@ def trainable(config: dict[str, Any], payloads: dict[str, dict[str, Any]], datas
     from rgsweep import raytune
     from rgsweep.train import DivergedError, train
 
+    started = time.monotonic()
     payload = payloads[config["trial"]]
-    cpus = raytune.trial_resources().get("CPU", 1) or 1
-    torch.set_num_threads(max(1, int(cpus)))
+    granted = raytune.trial_resources()
+    torch.set_num_threads(max(1, int(granted.get("CPU", 1) or 1)))
     members = payload["members"]
     t_fetch = time.perf_counter()
     dataset = raytune.get_dataset(datasets[payload["data"]])  # a pack's members share their data
@@ -215,6 +224,8 @@ def trainable(config: dict[str, Any], payloads: dict[str, dict[str, Any]], datas
     finally:  # a trial that raises still sends the epochs it trained, so its FAILED run has its curve
         for r in reports:
             r.flush()
+    # A pack shares its device: each member is charged an equal part of the time the pack held it.
+    cost = trial_cost(configs[0].device, (time.monotonic() - started) / len(members), granted)
     for m, res in zip(members, results):
         if isinstance(res, DivergedError):
             summary, status = res.summary, "diverged"
@@ -225,11 +236,28 @@ def trainable(config: dict[str, Any], payloads: dict[str, dict[str, Any]], datas
         else:
             summary, status = res, "finished"
         summary["data_fetch_s"] = fetch_s
+        summary.update(cost)
         last = summary.pop("last_epoch", None) or {}
         # The last epoch's numbers ride along so Ray's table shows them for finished trials too.
         raytune.report({**last, "member": m["name"],
                         SUMMARY_KEY: json.dumps({"status": status, "ray_node": raytune.node_id(), **summary},
                                                 default=str)})
+
+
+def trial_cost(device: str, seconds: float, granted: dict[str, float]) -> dict[str, Any]:
+    """What a trial cost (rgsweep/metrics.py): `device_s` = the seconds it held its device share x that
+    share (a GPU fraction, or CPU cores), `device_share`, and `device_kind` ('cpu' or the GPU's name).
+    Seconds from the trainable's start (data preparation included) to its summary."""
+    import torch
+
+    from rgsweep.train import resolve_device
+
+    dev = resolve_device(device)
+    if dev.type == "cuda":
+        kind, share = torch.cuda.get_device_name(dev), float(granted.get("GPU") or 1.0)
+    else:
+        kind, share = dev.type, float(granted.get("CPU") or 1.0)
+    return {"device_s": seconds * share, "device_share": share, "device_kind": kind}
 
 
 EPOCHS_KEY = "rgsweep_epochs"
@@ -321,12 +349,16 @@ class SweepTracker:
                 "rgsweep.kind": "sweep", "rgsweep.sweep": self.plan.spec.name,
                 "rgsweep.swept": ",".join(self.plan.swept_keys), "rgsweep.git_commit": tracking.git_commit(),
                 "rgsweep.n_trials": str(len(self.plan.trials)),
+                **tracking.source_tags(str(self.plan.path)), "mlflow.runColor": tracking.PARENT_COLOR,
+                tracking.NOTE: f"Sweep `{self.plan.spec.name}` running: {len(self.plan.trials)} trials. "
+                               "The results table and figures appear here when it ends.",
             }
             self.parent = tracking.RunTracker.start(
                 self.client, self.exp_id, f"sweep-{self.plan.spec.name}", tags=tags,
                 params={"sweep_file": str(self.plan.path), "n_trials": str(len(self.plan.trials))},
             )
             self.parent.log_artifact(self.plan.path)
+        tracking.set_experiment_note(self.client, self.exp_id, self.plan.spec.description)
         return todo
 
     # Ray callback hooks (called in the driver). A Ray trial carries one trial, or a pack of them.
@@ -336,10 +368,12 @@ class SweepTracker:
             trial = self.by_name[name]
             tags = tracking.trial_tags(trial.config, sweep=self.plan.spec.name)
             tags["rgsweep.ray_trial_id"] = ray_id
+            tags.update(tracking.ui_trial_tags(trial.config, str(self.plan.path)))
             runs[name] = tracking.RunTracker.start(
                 self.client, self.exp_id, trial.name, params=trial.config.flat_params(), tags=tags,
                 parent_run_id=self.parent.run_id,
             )
+            runs[name].title = f"{trial.name} ({tracking.condition(trial.config)})"
         self.runs[ray_id] = runs
 
     def trial_result(self, ray_id: str, result: dict[str, Any]) -> None:
@@ -349,13 +383,15 @@ class SweepTracker:
         if SUMMARY_KEY in result:
             summary = json.loads(result[SUMMARY_KEY])
             status, error = summary.pop("status"), summary.pop("error", None)
+            tracking.annotate_trial(run, self.by_name[result["member"]].config, summary, error)
             tracking.finish_trial(run, summary, error=error, diverged=status == "diverged")
             del self.runs[ray_id][result["member"]]
         elif EPOCHS_KEY in result:  # a batch of epochs from the trial's EpochBuffer
             run.log_epochs([{k: v for k, v in m.items() if k in EPOCH_KEYS} for m in json.loads(result[EPOCHS_KEY])])
 
     def trial_errored(self, ray_id: str, error: str) -> None:
-        for run in self.runs.pop(ray_id, {}).values():
+        for name, run in self.runs.pop(ray_id, {}).items():
+            tracking.set_note(self.client, run.run_id, tracking.describe_trial(self.by_name[name].config, {}, error))
             run.log_learning_curve()
             run.fail(error)
 
@@ -371,8 +407,21 @@ class SweepTracker:
         self.runs.clear()
         counts = self.counts()
         self.parent.log_metrics({f"n_{k}": v for k, v in counts.items()})
+        self.publish(counts, interrupted)
         self.parent.finish("KILLED" if interrupted else ("FAILED" if counts["failed"] else "FINISHED"))
         return counts
+
+    def publish(self, counts: dict[str, int], interrupted: bool) -> None:
+        """The sweep's own page on its parent run: description, results table, report, summary metrics."""
+        from rgsweep.analysis import page
+
+        latest = self.latest_runs()
+        state = "interrupted" if interrupted else "ended"
+        headline = (f"Sweep `{self.plan.spec.name}` {state}: {counts['trials']} trials, {counts['finished']} "
+                    f"finished, {counts['failed']} failed, {counts['killed']} killed, {counts['missing']} not run.")
+        page.publish(self.client, self.parent.run_id, title=self.plan.spec.name, headline=headline,
+                     results_md=results_table(self.plan, latest, markdown=True),
+                     results=results_frame(self.plan, latest))
 
     def latest_runs(self) -> dict[str, Any]:
         """Trial key -> its most relevant run (FINISHED wins, else the newest)."""
@@ -398,10 +447,7 @@ class SweepTracker:
         return c
 
 
-EPOCH_KEYS = {
-    "epoch", "train_loss", "train_acc", "train_acc_clean", "train_acc_noisy", "test_loss", "test_acc",
-    "gen_gap", "lr", "epoch_time_s", "steps", "val_loss", "val_acc",
-}
+EPOCH_KEYS = {"epoch", *EPOCH_SERIES}  # what the driver logs per epoch (rgsweep/metrics.py)
 
 
 class TrackerCallback:
@@ -428,33 +474,62 @@ class TrackerCallback:
 
 
 # -- results table --------------------------------------------------------------------------------
-def results_table(plan: Plan, latest: dict[str, Any]) -> str:
-    cols = list(plan.swept_keys)
-    header = ["run", *cols, "train_acc", "test_acc", "gen_gap", "epochs_to_fit", "status"]
+RESULT_METRICS = ("train_acc", "test_acc", "gen_gap", "epochs_to_fit")
+
+
+def _final(metrics: dict[str, float], key: str) -> float | None:
+    """A run's final value: the series' latest value (stores before the rename also hold `final_<key>`)."""
+    v = metrics.get(key, metrics.get(f"final_{key}"))
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) else v
+
+
+def results_frame(plan: Plan, latest: dict[str, Any]) -> Any:
+    """One row per trial: run name, swept values, seed, final train/test accuracy, gen_gap, epochs_to_fit,
+    fitted, status and run id (a trial not run yet has blanks): results.csv on the parent run."""
+    import pandas as pd
+
+    cols = [c for c in plan.swept_keys if c != "seed"]
     rows = []
-
-    def fmt(metrics: dict[str, float], k: str, spec: str = "{:.3f}") -> str:
-        v = metrics.get(k)
-        return spec.format(v) if v is not None and not (isinstance(v, float) and math.isnan(v)) else "-"
-
     for t in plan.trials:
         run = latest.get(t.key)
         m = run.data.metrics if run else {}
-        f = lambda k, spec="{:.3f}", m=m: fmt(m, k, spec)
-        vals = [str(getattr(t.config, c)) if not isinstance(getattr(t.config, c), list)
-                else ("+".join(getattr(t.config, c)) or "none") for c in cols]
+        vals = {c: (lambda v: ("+".join(v) or "none") if isinstance(v, list) else str(v))(getattr(t.config, c))
+                for c in cols}
         diverged = run is not None and run.data.tags.get("rgsweep.diverged") == "true"
-        status = "DIVERGED" if diverged else (run.info.status if run else "NOT RUN")
-        rows.append([t.name, *vals, f("final_train_acc"), f("final_test_acc"), f("final_gen_gap"),
-                     f("epochs_to_fit", "{:.0f}"), status])
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    line = lambda r: "  ".join(str(x).ljust(w) for x, w in zip(r, widths))
-    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
+        rows.append({"run": t.name, **vals, "seed": t.config.seed, **{k: _final(m, k) for k in RESULT_METRICS},
+                     "fitted": m.get("fitted"),
+                     "status": "DIVERGED" if diverged else (run.info.status if run else "NOT RUN"),
+                     "run_id": run.info.run_id if run else ""})
+    return pd.DataFrame(rows)
 
 
-def ui_hint(uri: str, exp_id: str) -> str:
-    return (f"MLflow UI: `make ui`, then open http://127.0.0.1:5000/#/experiments/{exp_id}/runs "
-            f"(store: {uri})")
+def results_table(plan: Plan, latest: dict[str, Any], markdown: bool = False) -> str:
+    """The table a sweep prints at its end (and puts on its parent run as Markdown): a row per trial, or
+    with several seeds a row per grid point with 'mean ± std' over its seeds and n."""
+    import pandas as pd
+
+    from rgsweep.analysis import tables
+
+    df = results_frame(plan, latest)
+    cols = [c for c in plan.swept_keys if c != "seed"]
+    if df["seed"].nunique() > 1:
+        shown = tables.seed_summary(df, cols or ["run"], list(RESULT_METRICS))
+    else:
+        shown = df[["run", *cols, *RESULT_METRICS, "status"]].astype(object)
+        for k in RESULT_METRICS:
+            spec = "{:.0f}" if k == "epochs_to_fit" else "{:.3f}"
+            shown[k] = [spec.format(v) if pd.notna(v) else "-" for v in df[k]]
+    return tables.to_markdown(shown) if markdown else tables.to_text(shown)
+
+
+def ui_hint(uri: str, exp_id: str, experiment: str | None = None) -> str:
+    """Where to look next: the tracking server's own address when the store is a server; for a local
+    store, the command that serves it (it prints the address, on the port it was given)."""
+    base = tracking.server_base(uri)
+    if base:
+        return f"MLflow UI: {tracking.runs_url(base, exp_id)}"
+    which = f"experiment {experiment!r}" if experiment else f"experiment {exp_id}"
+    return f"MLflow UI: `make ui` (or `rgsweep ui --tracking-uri {uri}`) prints the address of {which}"
 
 
 # -- running --------------------------------------------------------------------------------------
@@ -522,7 +597,7 @@ def run_sweep(
     print(results_table(plan, latest))
     print(f"\n{counts['finished']} finished, {counts['failed']} failed, {counts['killed']} killed, "
           f"{counts['missing']} not run, of {counts['trials']} trials")
-    print(ui_hint(tracker.uri, tracker.exp_id))
+    print(ui_hint(tracker.uri, tracker.exp_id, plan.experiment))
     if interrupted or counts["killed"] or counts["missing"]:
         return 130, counts
     return (1 if counts["failed"] else 0), counts
@@ -628,7 +703,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     path = Path(args.file)
     spec = load_spec(path)
     overrides = overrides_from_args(args)
-    plan = expand(spec, path, overrides, smoke=args.smoke)
+    seeds = seeds_override(args.seeds, overrides)
+    plan = expand(spec, path, overrides, smoke=args.smoke, seeds=seeds)
     if args.cpus_per_trial or args.gpus_per_trial is not None:
         try:
             plan.spec.resources = Resources(
@@ -661,6 +737,21 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return code
 
 
+def seeds_override(flag: str | None, overrides: dict[str, Any]) -> list[int] | None:
+    """`--seeds 0,1,2` (or `--set seeds=[0,1,2]`): the sweep's seeds, replacing the file's `seeds`.
+    `seeds` is a sweep key, not a trial key, so it is taken out of the trial overrides here."""
+    raw = overrides.pop("seeds", None) if flag is None else flag
+    if raw is None:
+        return None
+    parts = [x.strip() for x in raw.split(",")] if isinstance(raw, str) else raw if isinstance(raw, list) else [raw]
+    if not parts or any(isinstance(x, bool) or not str(x).lstrip("-").isdigit() for x in parts):
+        raise ConfigError(f"--seeds: expected integers separated by commas, such as 0,1,2; got {raw!r}")
+    seeds = [int(x) for x in parts]
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"--seeds: {raw!r} repeats a seed; each seed runs every trial once")
+    return seeds
+
+
 def add_run_args(p: argparse.ArgumentParser) -> None:
     """Options shared by `rgsweep sweep` and `rgsweep tune`: data overrides, Ray, MLflow."""
     p.add_argument("--dataset", help="override the dataset of every trial")
@@ -685,6 +776,8 @@ def register(sub: Any) -> None:
     p.add_argument("--cpus-per-trial", type=float, help="override resources.cpu")
     p.add_argument("--gpus-per-trial", type=float, help="override resources.gpu (fractions share a GPU)")
     p.add_argument("--pack", type=int, help="override pack: train up to this many compatible trials together")
+    p.add_argument("--seeds", metavar="S,S,...", help="override seeds, e.g. 0,1,2 (also --set seeds=[0,1,2]): "
+                                                     "results are then shown as mean ± std over them")
     add_run_args(p)
     p.set_defaults(func=cmd_sweep)
 

@@ -5,7 +5,9 @@ It knows nothing of models or Ray. The layout it writes (a contract the analysis
 - a child run per trial (tags mlflow.parentRunId, rgsweep.kind=trial, rgsweep.trial_key, rgsweep.sweep,
   rgsweep.git_commit, rgsweep.dataset_fingerprint, rgsweep.device, rgsweep.ray_node, rgsweep.torch_version);
 - params: the resolved TrialConfig, flattened; metrics per epoch (step = epoch) in one batched call;
-  summary metrics once at the end; a learning_curve.png artifact.
+  summary metrics once at the end (rgsweep/metrics.py says which is which); a learning_curve.png artifact;
+- what the MLflow UI reads (see "the UI" below): run colours per architecture, dataset inputs, source and
+  user tags, descriptions (`mlflow.note.content`) of the experiment, the parent and each child.
 
 We use MlflowClient with explicit run ids, never the fluent "active run" state, so the same code
 works from the CLI, from a Ray driver callback, and from several threads.
@@ -14,6 +16,8 @@ works from the CLI, from a Ray driver callback, and from several threads.
 from __future__ import annotations
 
 import functools
+import getpass
+import json
 import math
 import os
 import subprocess
@@ -28,6 +32,8 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
 from rgsweep.data.sources import data_location
+from rgsweep.metrics import FINAL_FROM_SERIES
+from rgsweep.palette import arch_color
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 TAG = "rgsweep."
@@ -143,6 +149,7 @@ class RunTracker:
         self.client = client
         self.run_id = run_id
         self.history: list[dict[str, float]] = []
+        self.title = ""  # the learning curve's title: run name and condition (set by the sweep's hooks)
 
     @classmethod
     def start(
@@ -206,7 +213,7 @@ class RunTracker:
             return
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "learning_curve.png"
-            plot_learning_curve(history, path)
+            plot_learning_curve(history, path, self.title)
             self.log_artifact(path)
 
     def finish(self, status: str = "FINISHED") -> None:
@@ -220,34 +227,43 @@ class RunTracker:
         self.finish("FAILED")
 
 
-def plot_learning_curve(history: list[dict[str, float]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def learning_curve_figure(history: list[dict[str, float]], title: str = "") -> Any:
+    """Loss and accuracy against epochs (a matplotlib Figure, built without pyplot's global state). The
+    subsets of the training set whose labels were kept / changed get their own colour and dash, so
+    memorisation (the changed ones fitted last) reads at a glance."""
+    from matplotlib.figure import Figure
 
     epochs = [h.get("epoch", i + 1) for i, h in enumerate(history)]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5))
+    fig = Figure(figsize=(9, 3.8))
+    ax1, ax2 = fig.subplots(1, 2)
     # Fixed margins rather than tight_layout, which measures every tick label: the plot is drawn in the
     # sweep driver once per trial, and this halves it (0.6 -> 0.3 s).
-    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.15, top=0.95, wspace=0.25)
+    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.14, top=0.86 if title else 0.95, wspace=0.25)
+    if title:
+        fig.suptitle(title, fontsize=10)
+
     # Each curve through the epochs that measured it: test metrics exist only on the epochs that
     # evaluated the test set (`eval_every`), and NaN gaps would break the line into invisible points.
-    def curve(ax, key):
+    def curve(ax, key, style, label):
         pts = [(e, h[key]) for e, h in zip(epochs, history) if key in h]
         if pts:
-            ax.plot(*zip(*pts), label=key, marker="." if len(pts) < len(history) else None)
+            ax.plot(*zip(*pts), style, label=label, marker="." if len(pts) < len(history) else None)
 
-    for key in ("train_loss", "test_loss"):
-        curve(ax1, key)
-    for key in ("train_acc", "test_acc", "train_acc_clean", "train_acc_noisy"):
-        curve(ax2, key)
+    for key, style in (("train_loss", "C0-"), ("test_loss", "C1-")):
+        curve(ax1, key, style, key)
+    curves = (("train_acc", "C0-", "train_acc (labels trained on)"), ("test_acc", "C1-", "test_acc"),
+              ("train_acc_clean", "C2--", "train, labels kept"), ("train_acc_noisy", "C3:", "train, labels changed"))
+    for key, style, label in curves:
+        curve(ax2, key, style, label)
     ax1.set(xlabel="epoch", ylabel="loss", yscale="log")
     ax2.set(xlabel="epoch", ylabel="accuracy", ylim=(0, 1.02))
-    ax1.legend()
-    ax2.legend()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    ax1.legend(fontsize=8)
+    ax2.legend(fontsize=8)
+    return fig
+
+
+def plot_learning_curve(history: list[dict[str, float]], path: Path, title: str = "") -> None:
+    learning_curve_figure(history, title).savefig(path, dpi=80)
 
 
 def search_children(
@@ -281,8 +297,9 @@ _ABBREV = {"label_noise": "noise", "weight_decay": "wd", "dropout": "drop", "cor
            "pixel_fraction": "pfrac", "batch_size": "bs", "lr": "lr", "batch_norm": "bn"}
 
 
-def run_name(config: Any, keys: Iterable[str] = ("label_noise",)) -> str:
-    """Readable child-run name from the swept keys, e.g. `alexnet-noise0.4-seed0`."""
+def run_name(config: Any, keys: Iterable[str] = ("label_noise",), seed: bool = True) -> str:
+    """Readable child-run name from the values a trial was given, e.g. `cnn-noise0.4`, `cnn-gaussian`;
+    `-seed1` at the end when asked (a sweep with several seeds)."""
     parts = [config.arch]
     for k in keys:
         if k in ("arch", "seed"):
@@ -296,7 +313,8 @@ def run_name(config: Any, keys: Iterable[str] = ("label_noise",)) -> str:
             parts.append(str(v).split(":")[0])
         else:
             parts.append(f"{_ABBREV.get(k, k)}{v}")
-    parts.append(f"seed{config.seed}")
+    if seed:
+        parts.append(f"seed{config.seed}")
     return "-".join(parts)
 
 
@@ -312,18 +330,158 @@ def trial_tags(config: Any, sweep: str | None = None, kind: str = "trial") -> di
 
 
 def info_tags(summary: dict[str, Any]) -> dict[str, str]:
-    """Tags the trial itself learns: where it ran (device, Ray node id) and on what data."""
-    keys = ("device", "ray_node", "dataset_fingerprint", "torch_version", "num_params", "stop_reason")
+    """Tags the trial itself learns: where it ran (device and its kind, Ray node id) and on what data."""
+    keys = ("device", "device_kind", "ray_node", "dataset_fingerprint", "torch_version", "num_params", "stop_reason")
     return {TAG + k: str(summary[k]) for k in keys if summary.get(k) is not None}
 
 
 def finish_trial(tracker: RunTracker, summary: dict[str, Any], error: str | None = None,
                  diverged: bool = False) -> None:
-    """Summary metrics, info tags, the learning curve, then the final status."""
+    """Summary metrics, info tags, the learning curve, then the final status. The `final_*` copies of the
+    series' last values stay out (rgsweep/metrics.py says why)."""
     tracker.set_tags(info_tags(summary))
-    tracker.log_metrics({k: v for k, v in summary.items() if k != "last_epoch"})
+    tracker.log_metrics({k: v for k, v in summary.items() if k != "last_epoch" and k not in FINAL_FROM_SERIES})
     tracker.log_learning_curve()
     if error is not None or diverged:
         tracker.fail(error or "diverged: training loss is not finite", diverged=diverged)
     else:
         tracker.finish("FINISHED")
+
+
+# -- the UI: what MLflow 3.17's UI reads, set by rgsweep ------------------------------------------
+# Each of these was checked in the UI (tests/test_browser.py drives it): `mlflow.runColor` colours a run's
+# row and its chart lines; dataset inputs fill the Dataset column and its filter; `mlflow.source.*` fill
+# Source; `mlflow.user` fills User; `mlflow.note.content` (Markdown) is the description on a run's or an
+# experiment's page.
+NOTE = "mlflow.note.content"
+NOTE_MAX = 8000  # MLflow's limit on a run tag's value
+PARENT_COLOR = "#3b3b3b"  # dark grey: the architectures' colours stand out beside it
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (some containers)
+        return "unknown"
+
+
+def source_tags(source: str) -> dict[str, str]:
+    """Source column (the sweep or tuning file, shown by its file name), user and commit."""
+    return {"mlflow.source.name": source, "mlflow.source.type": "LOCAL", "mlflow.user": _user(),
+            "mlflow.source.git.commit": git_commit()}
+
+
+def ui_trial_tags(config: Any, source: str) -> dict[str, str]:
+    """What a child run shows in the runs table beyond its params: its architecture's colour and its source."""
+    return {"mlflow.runColor": arch_color(config.arch), **source_tags(source)}
+
+
+def fit_note(note: str, limit: int = NOTE_MAX) -> str:
+    """A note within MLflow's tag limit: cut at a line boundary, saying where the rest is."""
+    if len(note) <= limit:
+        return note
+    tail = "\n\n_(cut to fit MLflow's description limit: the full table is in the artifacts, report/results.md)_"
+    return note[: note.rfind("\n", 0, limit - len(tail))] + tail
+
+
+def set_note(client: MlflowClient, run_id: str, markdown: str) -> None:
+    retry(lambda: client.set_tag(run_id, NOTE, fit_note(markdown)))
+
+
+def set_experiment_note(client: MlflowClient, experiment_id: str, markdown: str) -> None:
+    if markdown.strip():
+        retry(lambda: client.set_experiment_tag(experiment_id, NOTE, markdown[:20000]))
+
+
+def condition(config: Any) -> str:
+    """What was done to a trial, for people: 'cnn, noise 1.0, clean' (plus regularizers when set)."""
+    parts = [config.arch, f"noise {float(config.label_noise)}",
+             "clean" if config.corruption == "none" else config.corruption.replace("_", " ")]
+    if config.corruption != "none" and config.corrupt_fraction < 1:
+        parts[-1] += f" ({config.corrupt_fraction:g} of images)"
+    if config.augment:
+        parts.append("+".join(config.augment))
+    if config.weight_decay:
+        parts.append(f"wd {config.weight_decay:g}")
+    if config.dropout:
+        parts.append(f"dropout {config.dropout:g}")
+    return ", ".join(parts)
+
+
+def describe_trial(config: Any, summary: dict[str, Any], error: str | None = None) -> str:
+    """A child run's one-line description: 'cnn, noise 1.0, clean: train 1.00 / test 0.12 / gap 0.88,
+    fitted in 77 epochs'."""
+    head = condition(config)
+    why = f": {error.strip().splitlines()[-1]}" if error and error.strip() else ""
+    if "final_train_acc" not in summary:
+        return f"{head}: failed before its first epoch ended{why}"
+    s = summary
+    acc = f"train {s['final_train_acc']:.2f} / test {s['final_test_acc']:.2f} / gap {s['final_gen_gap']:.2f}"
+    reason, run = s.get("stop_reason"), s.get("epochs_run")
+    if s.get("fitted"):
+        end = f"fitted in {s['epochs_to_fit']} epochs"
+    elif reason == "diverged":
+        end = f"diverged at epoch {run}"
+    elif reason == "early_stopping":
+        end = f"stopped early at epoch {run}, not fitted"
+    elif error:
+        end = f"failed at epoch {run}{why}"
+    else:
+        end = f"not fitted in {run} epochs"
+    return f"{head}: {acc}, {end}"
+
+
+def log_dataset_inputs(client: MlflowClient, run_id: str, config: Any, fingerprint: str) -> None:
+    """The trial's train and test data as MLflow dataset inputs (the Dataset column and its filter).
+
+    MLflow keeps one input per (name, digest) and run, so the two splits are named apart (`digits/train`,
+    `digits/test`), each with its context; the digest of both is the dataset's fingerprint. A dataset
+    entity is shared by every run of the experiment (its first run's profile stays), so what this trial
+    did to the data goes in the input's own tags (`rgsweep.label_noise`, `rgsweep.corruption`)."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    name = config.dataset if not str(config.dataset).startswith("imagefolder:") else \
+        "imagefolder:" + Path(str(config.dataset)[len("imagefolder:"):]).name
+    source = json.dumps({"uri": str(config.data_dir or config.dataset)})
+    pixels = {TAG + "corruption": config.corruption}
+    splits = {"train": {TAG + "label_noise": str(config.label_noise), **pixels}, "test": pixels}
+    inputs = [
+        DatasetInput(Dataset(f"{name}/{split}", fingerprint[:36], "local", source),
+                     [InputTag("mlflow.data.context", split), *(InputTag(k, v) for k, v in extra.items())])
+        for split, extra in splits.items()
+    ]
+    retry(lambda: client.log_inputs(run_id, datasets=inputs))
+
+
+def annotate_trial(tracker: RunTracker, config: Any, summary: dict[str, Any], error: str | None = None) -> None:
+    """A child's description and dataset inputs, from its summary (before finish_trial closes it)."""
+    set_note(tracker.client, tracker.run_id, describe_trial(config, summary, error))
+    if summary.get("dataset_fingerprint"):
+        log_dataset_inputs(tracker.client, tracker.run_id, config, str(summary["dataset_fingerprint"]))
+
+
+def log_parent_page(client: MlflowClient, run_id: str, folder: Path, note: str,
+                    metrics: list[tuple[str, float, int]], tags: dict[str, str]) -> None:
+    """A sweep's page on its parent run (rgsweep/analysis/page.py builds it): the folder's files as
+    artifacts under report/, summary metrics at their steps, tags, and the description last."""
+    retry(lambda: client.log_artifacts(run_id, str(folder), "report"))
+    ts = int(time.time() * 1000)
+    batch = [Metric(k, float(v), ts, int(step)) for k, v, step in metrics if math.isfinite(v)]
+    for i in range(0, len(batch), 1000):  # MLflow caps a batch at 1000 metrics
+        retry(lambda chunk=batch[i : i + 1000]: client.log_batch(run_id, metrics=chunk))
+    if tags:
+        retry(lambda: client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()]))
+    set_note(client, run_id, note)
+
+
+# -- addresses ------------------------------------------------------------------------------------
+def server_base(uri: str) -> str | None:
+    """The tracking server's own address when the store is a server (its UI lives there too), else None."""
+    return uri.rstrip("/") if uri.startswith(("http://", "https://")) else None
+
+
+def runs_url(base: str, experiment_id: str) -> str:
+    """An experiment's runs table in the training view. MLflow 3.17 opens an experiment on a GenAI overview
+    of traces; the runs tab plus `workflowType=machine_learning` (read by the UI's router, after the `#`)
+    opens the runs table with the training navigation."""
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"

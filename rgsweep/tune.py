@@ -81,6 +81,7 @@ from rgsweep.sweep import (
     default_storage,
     fit_resources,
     overrides_from_args,
+    trial_cost,
     ui_hint,
 )
 
@@ -340,8 +341,10 @@ def trainable(config: dict[str, Any], base: dict[str, Any], datasets: dict[str, 
     from rgsweep import raytune
     from rgsweep.train import DivergedError, train
 
+    started = time.monotonic()
     cfg = trial_config(base, config)
-    torch.set_num_threads(max(1, int(raytune.trial_resources().get("CPU", 1) or 1)))
+    granted = raytune.trial_resources()
+    torch.set_num_threads(max(1, int(granted.get("CPU", 1) or 1)))
     t_fetch = time.perf_counter()
     (handle,) = datasets.values()  # one dataset per study: dataset, data_dir and subset are not tunable
     dataset = raytune.get_dataset(handle)
@@ -359,6 +362,7 @@ def trainable(config: dict[str, Any], base: dict[str, Any], datasets: dict[str, 
         summary, status = e.summary, "diverged"
     summary.pop("last_epoch", None)
     summary["data_fetch_s"] = fetch_s
+    summary.update(trial_cost(cfg.device, time.monotonic() - started, granted))
     # The last epoch's numbers ride along: Optuna's value is this result's val_acc (that epoch's).
     raytune.report({**last, FAILED_KEY: status == "diverged",
                     SUMMARY_KEY: json.dumps({"status": status, "ray_node": raytune.node_id(), **summary},
@@ -377,6 +381,10 @@ class StudyTracker:
         self.storage_url = storage_url
         self.parent: tracking.RunTracker | None = None
         self.runs: dict[str, tracking.RunTracker] = {}  # Ray trial id -> open child run
+        self.configs: dict[str, TrialConfig] = {}  # Ray trial id -> its config (for its description)
+        self.started: dict[str, float] = {}  # Ray trial id -> when it started (a pruned trial's cost)
+        self.resources: dict[str, float] = {"cpu": 1.0, "gpu": 0.0}  # per trial, set once Ray is up
+        self.device_kind = ""  # as the last trial that ended by itself reported it
         self.last_epoch: dict[str, int] = {}
         self.trial_number: Any = lambda ray_id: None  # set to the searcher's lookup before trials start
         self.base = plan.base.model_dump()
@@ -409,10 +417,14 @@ class StudyTracker:
         })
         tags = {"rgsweep.kind": "tune", "rgsweep.sweep": spec.name, "rgsweep.swept": ",".join(self.plan.space),
                 "rgsweep.git_commit": tracking.git_commit(), "optuna.study": self.plan.study,
-                "optuna.storage": self.storage_url}
+                "optuna.storage": self.storage_url, **tracking.source_tags(str(self.plan.path)),
+                "mlflow.runColor": tracking.PARENT_COLOR,
+                tracking.NOTE: f"Study `{self.plan.study}` running: {self.plan.n_trials} trials to add. "
+                               "The results table and figures appear here when it ends."}
         self.parent = tracking.RunTracker.start(self.client, self.exp_id, f"tune-{self.plan.study}",
                                                 params=params, tags=tags)
         self.parent.log_artifact(self.plan.path)
+        tracking.set_experiment_note(self.client, self.exp_id, spec.description)
 
     # Ray callback hooks (called in the driver)
     def trial_started(self, ray_id: str, params: dict[str, Any]) -> None:
@@ -422,9 +434,13 @@ class StudyTracker:
         tags.update({"rgsweep.ray_trial_id": ray_id, "optuna.study": self.plan.study,
                      "optuna.trial_number": str(number)})
         name = f"{cfg.arch}-trial{number:03d}" if number is not None else f"{cfg.arch}-{ray_id}"
+        tags.update(tracking.ui_trial_tags(cfg, str(self.plan.path)))
         self.runs[ray_id] = tracking.RunTracker.start(
             self.client, self.exp_id, name, params=cfg.flat_params(), tags=tags, parent_run_id=self.parent.run_id,
         )
+        self.runs[ray_id].title = f"{name} ({tracking.condition(cfg)})"
+        self.configs[ray_id] = cfg
+        self.started[ray_id] = time.monotonic()
 
     def trial_result(self, ray_id: str, result: dict[str, Any]) -> None:
         run = self.runs.get(ray_id)
@@ -434,6 +450,8 @@ class StudyTracker:
             summary = json.loads(result[SUMMARY_KEY])
             diverged = summary.pop("status") == "diverged"
             run.set_tags({"optuna.state": "failed" if diverged else "complete"})
+            tracking.annotate_trial(run, self.configs[ray_id], summary)
+            self.device_kind = summary.get("device_kind", self.device_kind)
             tracking.finish_trial(run, summary, diverged=diverged)
             del self.runs[ray_id]
         elif "epoch" in result:
@@ -446,7 +464,15 @@ class StudyTracker:
             return
         # Completed without a summary: ASHA stopped it. A pruned trial is a normal outcome: FINISHED.
         run.set_tags({"optuna.state": "pruned", "rgsweep.stop_reason": "pruned"})
-        run.log_metrics({"epochs_run": self.last_epoch.get(ray_id, 0)})
+        # Stopped inside its epoch report, a pruned trial sends no summary: the driver charges the wall time
+        # it saw between the trial's start and its stop (scheduling included) at the trial's share.
+        share = self.resources["gpu"] or self.resources["cpu"]
+        kind = self.device_kind or ("gpu" if self.resources["gpu"] else "cpu")
+        run.set_tags({"rgsweep.device_kind": kind})
+        run.log_metrics({"epochs_run": self.last_epoch.get(ray_id, 0), "device_share": share,
+                         "device_s": (time.monotonic() - self.started.get(ray_id, time.monotonic())) * share})
+        tracking.set_note(self.client, run.run_id, f"{tracking.condition(self.configs[ray_id])}: pruned by ASHA "
+                                                   f"after epoch {self.last_epoch.get(ray_id, 0)}")
         run.log_learning_curve()
         run.finish("FINISHED")
 
@@ -454,6 +480,7 @@ class StudyTracker:
         run = self.runs.pop(ray_id, None)
         if run is not None:
             run.set_tags({"optuna.state": "failed"})
+            tracking.set_note(self.client, run.run_id, tracking.describe_trial(self.configs[ray_id], {}, error))
             run.log_learning_curve()
             run.fail(error)
 
@@ -472,8 +499,25 @@ class StudyTracker:
                 p = Path(tmp) / "best_params.yaml"
                 p.write_text(yaml.safe_dump(baseline_doc(self.plan, stats, self.storage_url), sort_keys=False))
                 self.parent.log_artifact(p)
+        self.publish(study, stats, interrupted)
         self.parent.finish("KILLED" if interrupted else ("FINISHED" if stats["n_complete"] else "FAILED"))
         return stats
+
+    def publish(self, study: optuna.Study | None, stats: dict[str, Any], interrupted: bool) -> None:
+        """The study's own page on its parent run (rgsweep/analysis/page.py), as for grid sweeps."""
+        import pandas as pd
+
+        from rgsweep.analysis import page, tables
+
+        state = "interrupted" if interrupted else "ended"
+        headline = (f"Study `{self.plan.study}` {state}: {stats['n_trials']} trials, {stats.get('n_complete', 0)} "
+                    f"complete, {stats.get('n_pruned', 0)} pruned, {stats.get('n_failed', 0)} failed.")
+        if stats.get("best_params"):
+            headline += f" Best: trial {stats['best_trial']}, {self.plan.metric} = {stats['best_value']:.4f}."
+        frame = results_frame(study, self.plan) if study is not None else None
+        page.publish(self.client, self.parent.run_id, title=self.plan.study, headline=headline,
+                     results_md=tables.to_markdown(frame) if frame is not None else "_no trials_",
+                     results=frame if frame is not None else pd.DataFrame())
 
 
 def study_stats(study: optuna.Study) -> dict[str, Any]:
@@ -594,6 +638,7 @@ def run_tune(
     try:
         res = plan.spec.resources
         resources = fit_resources({"cpu": res.cpu, "gpu": res.gpu}, raytune.cluster_resources())
+        tracker.resources = resources
         raytune.run_trials(
             trainable, name=f"{plan.study}-{time.strftime('%Y%m%d-%H%M%S')}",
             storage_path=storage_path or os.environ.get("RGSWEEP_STORAGE") or default_storage(tracker.uri),
@@ -629,7 +674,7 @@ def run_tune(
                            "# A sweep file uses them with `baseline: <this file, relative to the sweep file>`.\n" + doc)
             stats["baseline"] = str(out)
             print(f"baseline written to {out}")
-    print(ui_hint(tracker.uri, tracker.exp_id))
+    print(ui_hint(tracker.uri, tracker.exp_id, plan.experiment))
     print(f"Optuna dashboard: optuna-dashboard {url}")
     if interrupted:
         return 130, stats
@@ -652,9 +697,12 @@ def baseline_path(plan: TuningPlan) -> Path:
     return plan.path.parent / "baselines" / f"{plan.spec.name}.yaml"
 
 
-def results_table(study: optuna.Study, plan: TuningPlan) -> str:
+def results_frame(study: optuna.Study, plan: TuningPlan) -> Any:
+    """One row per Optuna trial (a DataFrame): number, state, objective (or its last reported value), epochs,
+    values tried."""
+    import pandas as pd
+
     keys = list(plan.space)
-    header = ["trial", "state", plan.metric, "epochs", *keys]
     rows = []
     for t in study.get_trials(deepcopy=False):
         value = t.value if t.value is not None else (t.intermediate_values[max(t.intermediate_values)]
@@ -663,9 +711,13 @@ def results_table(study: optuna.Study, plan: TuningPlan) -> str:
                 for k in keys]
         rows.append([str(t.number), t.state.name.lower(), "-" if value is None else f"{value:.4f}",
                      str(max(t.intermediate_values, default=0)), *vals])
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    line = lambda r: "  ".join(str(x).ljust(w) for x, w in zip(r, widths))
-    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
+    return pd.DataFrame(rows, columns=["trial", "state", plan.metric, "epochs", *keys])
+
+
+def results_table(study: optuna.Study, plan: TuningPlan) -> str:
+    from rgsweep.analysis import tables
+
+    return tables.to_text(results_frame(study, plan))
 
 
 def describe(plan: TuningPlan, storage_url: str) -> str:

@@ -170,7 +170,7 @@ def test_commands_parse_and_run(store, tmp_path, capsys):
     assert cmd[cmd.index("--artifacts-destination") + 1] == str(store.root)
     assert cmd[cmd.index("--workers") + 1] == "1" and cmd[cmd.index("--port") + 1] == "5123"
     urls = dict(commands.runs_table_urls(store.uri, "127.0.0.1", 5123))
-    assert urls["demo"] == f"http://127.0.0.1:5123/#/experiments/{store.experiment_id}/runs"
+    assert urls["demo"] == f"http://127.0.0.1:5123/#/experiments/{store.experiment_id}/runs?workflowType=machine_learning"
 
 
 # -- figures on small frames ----------------------------------------------------------------------

@@ -164,6 +164,28 @@ def test_study_runs_every_trial_in_mlflow_under_one_parent_with_some_pruned(stud
             assert epochs == 6 and run.data.metrics["epochs_run"] == 6
 
 
+def test_the_study_parent_carries_its_page_and_children_what_the_ui_reads(study_run, tmp_path):
+    client, children = study_run["client"], study_run["children"]
+    (parent_id,) = {r.data.tags["mlflow.parentRunId"] for r in children.values()}
+    parent = client.get_run(parent_id)
+    note = parent.data.tags["mlflow.note.content"]
+    best = study_run["best"]
+    assert note.startswith("**Study `tune-study` ended: 6 trials") and f"Best: trial {best.number}, val_acc" in note
+    assert "| trial | state | val_acc | epochs | lr | momentum | batch_size |" in note and "CPU core-seconds" in note
+    files = {a.path for a in client.list_artifacts(parent_id, "report")}
+    assert {"report/report.md", "report/results.md", "report/results.csv", "report/learning_curves.png"} <= files
+    total = sum(r.data.metrics.get("device_s", 0.0) for r in children.values())
+    assert parent.data.metrics["device_s/cpu"] == pytest.approx(total) and total > 0
+    for run in children.values():
+        tags = run.data.tags
+        assert tags["mlflow.runColor"] == "#1f77b4" and tags["mlflow.source.name"].endswith("tune-study.yaml")
+        assert tags["mlflow.note.content"].startswith("mlp1x512, noise 0.0, clean: ")
+        if tags["optuna.state"] == "pruned":
+            assert "pruned by ASHA after epoch" in tags["mlflow.note.content"]
+        else:
+            assert {d.dataset.name for d in run.inputs.dataset_inputs} == {"digits/train", "digits/test"}
+
+
 def test_the_objective_is_validation_accuracy_never_test_data(study_run):
     client = study_run["client"]
     seen, val_acc, test_acc = [], [], []  # every trial's epochs, in order

@@ -113,10 +113,12 @@ def server_env() -> dict[str, str]:
 
 
 def runs_table_urls(uri: str, host: str, port: int) -> list[tuple[str, str]]:
-    """(experiment name, address of its runs table): the 3.17 UI opens experiments on a traces overview."""
+    """(experiment name, address of its runs table in the training view): the 3.17 UI opens experiments on
+    a GenAI overview of traces (rgsweep.tracking.runs_url)."""
+    from rgsweep import tracking
     from rgsweep.analysis.export import get_client
 
-    return [(e.name, f"http://{host}:{port}/#/experiments/{e.experiment_id}/runs")
+    return [(e.name, tracking.runs_url(f"http://{host}:{port}", e.experiment_id))
             for e in get_client(uri).search_experiments()]
 
 

@@ -15,20 +15,16 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from rgsweep import metrics
+
 if TYPE_CHECKING:  # mlflow is imported lazily: notebooks only need load_export, and mlflow is slow to import
     from mlflow import MlflowClient
     from mlflow.entities import Run
 
-# Logged once per run at the end (layout contract); every other metric key is per-epoch.
-SUMMARY_METRICS = frozenset({
-    "epochs_to_fit", "steps_to_fit", "fitted", "best_test_acc", "final_train_acc", "final_test_acc",
-    "final_gen_gap", "final_train_loss", "samples_per_s", "train_time_s", "epochs_run", "num_classes",
-})
+# Logged once per run at the end (layout contract, rgsweep/metrics.py); every other metric key is per-epoch.
+SUMMARY_METRICS = metrics.PER_RUN
 # Per-epoch metrics in the order people read them; unknown keys follow, sorted.
-HISTORY_ORDER = (
-    "train_loss", "train_acc", "train_acc_clean", "train_acc_noisy", "test_loss", "test_acc", "gen_gap",
-    "val_loss", "val_acc", "lr", "steps", "epoch_time_s",
-)
+HISTORY_ORDER = tuple(metrics.EPOCH_SERIES)
 # Params that are fractions or rates: always float, even when every logged value happens to be "0" or "1".
 FLOAT_PARAMS = frozenset({
     "label_noise", "val_fraction", "corrupt_fraction", "pixel_fraction", "dropout", "lr", "momentum",
@@ -111,15 +107,25 @@ def _runs_frame(runs: list[Run], exp_names: dict[str, str], swept: dict[str, str
     } for r in runs], columns=ID_COLUMNS)
     params = pd.DataFrame([r.data.params for r in runs], index=base.index)
     params = pd.DataFrame({k: parse_param(params[k], k) for k in sorted(params.columns)}, index=base.index)
-    metrics = pd.DataFrame([r.data.metrics for r in runs], index=base.index, dtype="float64")
-    metrics = metrics.reindex(columns=sorted(metrics.columns))
+    values = pd.DataFrame([_with_finals(r.data.metrics) for r in runs], index=base.index, dtype="float64")
+    values = values.reindex(columns=sorted(values.columns))
     # Params keep their own names; a metric named like a param or id column (none today) gets a prefix.
     taken = set(ID_COLUMNS) | set(params.columns)
-    metrics.columns = [f"metric_{k}" if k in taken else k for k in metrics.columns]
+    values.columns = [f"metric_{k}" if k in taken else k for k in values.columns]
     tags = pd.DataFrame([{f"tag_{k.removeprefix('rgsweep.')}": v for k, v in r.data.tags.items()
                           if k.startswith("rgsweep.")} for r in runs], index=base.index)
     tags = tags.reindex(columns=sorted(tags.columns))
-    return pd.concat([base, params, metrics, tags], axis=1)
+    return pd.concat([base, params, values, tags], axis=1)
+
+
+def _with_finals(logged: dict[str, float]) -> dict[str, float]:
+    """A run's metrics with the `final_*` columns the analysis reads: as logged by stores written before
+    rgsweep stopped logging them, else the series' latest value (its last epoch; rgsweep/metrics.py)."""
+    out = dict(logged)
+    for final, series in metrics.FINAL_FROM_SERIES.items():
+        if final not in out and series in out:
+            out[final] = out[series]
+    return out
 
 
 def _history_records(client: MlflowClient, run_ids: list[str], keys: list[str], bulk: bool) -> pd.DataFrame:

@@ -3,8 +3,10 @@
 Each function takes frames (see export.py), draws only what exists, and returns a matplotlib Figure
 (built without pyplot, so nothing global is touched and nothing needs closing; `fig.savefig` renders
 with Agg). A selection with no data gives a figure with a "no data" note instead of an error:
-`has_data(fig)` tells them apart. Curves average over seeds; pass a filtered `runs` frame to choose
-what goes in (e.g. one dataset).
+`has_data(fig)` tells them apart. Curves average over seeds; where a point averages several runs
+(seeds), a vertical bar spans +- one standard deviation (n - 1 in the denominator) and the legend
+says n. Architectures keep the colours they have in the MLflow UI (rgsweep/palette.py). Pass a
+filtered `runs` frame to choose what goes in (e.g. one dataset).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from rgsweep.analysis.frames import CORRUPTION_TYPES, col, corruption_type, pick_arch
+from rgsweep.palette import arch_color
 
 # Class counts of the datasets rgsweep knows, for the chance line of Figure 1c.
 NUM_CLASSES = {"digits": 10, "mnist": 10, "cifar10": 10, "cifar100": 100}
@@ -87,13 +90,16 @@ def fig1b_time_to_fit(runs: pd.DataFrame, *, measure: str = "epochs_to_fit") -> 
     fitted = sel[measure].notna() & (pd.to_numeric(col(sel, "fitted", 1.0), errors="coerce").fillna(0) > 0)
     skipped = []
     for arch, g in sel.groupby("arch", sort=True):
-        mean = g[fitted[g.index]].groupby("label_noise")[measure].mean()
+        stats = g[fitted[g.index]].groupby("label_noise")[measure].agg(["mean", "std", "count"])
+        mean = stats["mean"]
         clean = mean.get(0.0)
         if clean is None or not clean > 0:
             skipped.append(str(arch))
             continue
         ratio = mean / clean
-        (line,) = ax.plot(ratio.index, ratio.to_numpy(), marker="o", label=str(arch))
+        (line,) = ax.plot(ratio.index, ratio.to_numpy(), marker="o", label=_label(arch, stats["count"]),
+                          color=arch_color(str(arch)))
+        _error_bars(ax, ratio.index, ratio.to_numpy(), stats["std"] / clean, stats["count"], line.get_color())
         unfitted = sorted(set(g["label_noise"]) - set(mean.index))
         if unfitted:  # drawn in axes coordinates vertically: there is no y value to plot
             ax.plot(unfitted, [0.97] * len(unfitted), linestyle="none", marker="x", color=line.get_color(),
@@ -106,11 +112,28 @@ def fig1b_time_to_fit(runs: pd.DataFrame, *, measure: str = "epochs_to_fit") -> 
     return fig
 
 
+def _label(arch: object, counts: pd.Series) -> str:
+    """The legend entry: the architecture, and n when points average several runs (seeds)."""
+    n = sorted(set(int(c) for c in counts if c > 0))
+    if not n or n == [1]:
+        return str(arch)
+    return f"{arch} (n={n[0]})" if len(n) == 1 else f"{arch} (n={n[0]}-{n[-1]})"
+
+
+def _error_bars(ax: Axes, x: object, y: object, std: pd.Series, counts: pd.Series, color: str) -> None:
+    """+- one standard deviation where a point averages several runs. No caps: caps would be extra lines."""
+    std = std.to_numpy(dtype=float)
+    if (counts.to_numpy() > 1).any():
+        ax.errorbar(x, y, yerr=np.nan_to_num(std), fmt="none", ecolor=color, elinewidth=1.2, capsize=0)
+
+
 def _mean_by_arch(ax: Axes, sel: pd.DataFrame, values: pd.Series) -> None:
     for arch, g in sel.assign(_y=values).groupby("arch", sort=True):
-        mean = g.groupby("label_noise")["_y"].mean().dropna()
-        if not mean.empty:
-            ax.plot(mean.index, mean.to_numpy(), marker="o", label=str(arch))
+        stats = g.groupby("label_noise")["_y"].agg(["mean", "std", "count"]).dropna(subset=["mean"])
+        if not stats.empty:
+            (line,) = ax.plot(stats.index, stats["mean"].to_numpy(), marker="o",
+                              label=_label(arch, stats["count"]), color=arch_color(str(arch)))
+            _error_bars(ax, stats.index, stats["mean"].to_numpy(), stats["std"], stats["count"], line.get_color())
 
 
 def fig1c_test_error(runs: pd.DataFrame, *, num_classes: int | None = None) -> Figure:
@@ -197,3 +220,52 @@ def memorisation_curves(history: pd.DataFrame, runs: pd.DataFrame, *, arch: str 
     ax.set_ylim(0, 1.02)
     ax.legend(fontsize=8)
     return fig
+
+
+def learning_curves(history: pd.DataFrame, runs: pd.DataFrame) -> Figure:
+    """Every run's test accuracy (solid) and training accuracy (dashed) against epochs, overlaid: one panel
+    per architecture, one colour per condition (label noise from light to dark, pixel corruptions apart)."""
+    archs = sorted(map(str, col(runs, "arch").dropna().unique()))
+    fig = Figure(figsize=(6.0, 2.6 * max(1, len(archs)) + 0.6), layout="constrained")
+    axes = fig.subplots(max(1, len(archs)), 1, sharex=True, squeeze=False)[:, 0]
+    fig.suptitle("Learning curves: test_acc (solid), train_acc (dashed)")
+    h = _join(history, runs.assign(_cond=_condition(runs)), ["arch", "_cond"])
+    if h.empty or not {"train_acc", "test_acc"} & set(h.columns):
+        return _no_data(fig, axes[0], "no train_acc / test_acc history")
+    conds = sorted(h["_cond"].unique(), key=_condition_order)
+    noise = [c for c in conds if c.startswith("noise")]
+    colour = {c: _noise_cmap(i / max(1, len(noise) - 1)) for i, c in enumerate(noise)}
+    colour |= {c: f"C{3 + k}" for k, c in enumerate(c for c in conds if c not in colour)}
+    for ax, arch in zip(axes, archs):
+        ax.set_title(arch, fontsize=9, color=arch_color(arch))
+        ax.set_ylabel("accuracy")
+        ax.set_ylim(0, 1.02)
+        shown = set()
+        for _, g in h[h["arch"] == arch].groupby("run_id", sort=False):
+            cond = g["_cond"].iloc[0]
+            for key, style in (("test_acc", "-"), ("train_acc", "--")):
+                if key in g.columns:
+                    label = cond if key == "test_acc" and cond not in shown else None
+                    ax.plot(g["epoch"], g[key], style, color=colour[cond], linewidth=1, label=label)
+            shown.add(cond)
+        ax.legend(fontsize=7, ncols=2, loc="lower right")
+    axes[-1].set_xlabel("epoch")
+    return fig
+
+
+def _noise_cmap(x: float) -> tuple[float, float, float, float]:
+    from matplotlib import colormaps
+
+    return colormaps["viridis"](0.9 - 0.8 * x)  # clean labels light, random labels dark
+
+
+def _condition(runs: pd.DataFrame) -> pd.Series:
+    """'noise 0.4' for intact inputs, else the input corruption ('shuffled pixels')."""
+    corruption = col(runs, "corruption", "none").fillna("none").astype(str)
+    noise = pd.to_numeric(col(runs, "label_noise", 0.0), errors="coerce").fillna(0.0)
+    return pd.Series([f"noise {p:g}" if c == "none" else c.replace("_", " ") for c, p in zip(corruption, noise)],
+                     index=runs.index)
+
+
+def _condition_order(cond: str) -> tuple[int, float, str]:
+    return (0, float(cond.split()[1]), "") if cond.startswith("noise") else (1, 0.0, cond)

@@ -53,6 +53,7 @@ FIGURES: list[tuple[str, str, FigureBuilder]] = [
     ("gen_gap_heatmap.png", "Generalization gap over two swept factors", _heatmap),
     ("memorisation.png", "Memorisation: clean and relabelled training subsets",
      lambda r, h: figures.memorisation_curves(h, r)),
+    ("learning_curves.png", "Learning curves of every run, overlaid", lambda r, h: figures.learning_curves(h, r)),
 ]
 
 
@@ -100,8 +101,8 @@ def write_report(folder: Path, runs: pd.DataFrame, history: pd.DataFrame, *, tit
     lines += [
         "## Table 1: train / test accuracy (%) per architecture and regularizer setting", "",
         tables.table1_markdown(tables.table1(done)), "",
-        "## Summary per configuration (mean over seeds)", "",
-        tables.to_markdown(tables.summary_table(runs)), "",
+        "## Summary per configuration (mean ± standard deviation over seeds, n runs)", "",
+        tables.to_markdown(tables.merge_std(tables.summary_table(runs))), "",
     ]
     failed = runs[col(runs, "status") != "FINISHED"]
     if not failed.empty:

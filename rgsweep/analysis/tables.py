@@ -67,9 +67,10 @@ def table1_markdown(t1: pd.DataFrame) -> str:
 
 
 def summary_table(runs: pd.DataFrame, *, aggregate_seeds: bool = True) -> pd.DataFrame:
-    """One row per combination of swept values: run count and statuses, mean final train/test accuracy,
-    gen_gap, epochs_to_fit (over the runs that fitted) and the fraction fitted.
-    With aggregate_seeds=False: one row per run."""
+    """One row per combination of swept values: run count and statuses, mean and standard deviation
+    (over seeds, n - 1 in the denominator; NaN for one run) of the final train/test accuracy, gen_gap,
+    epochs_to_fit (over the runs that fitted) and the fraction fitted. With aggregate_seeds=False: one
+    row per run."""
     factors = swept_factors(runs)
     metrics = [m for m in SUMMARY_METRICS if m in runs.columns]
     if not aggregate_seeds:
@@ -82,11 +83,57 @@ def summary_table(runs: pd.DataFrame, *, aggregate_seeds: bool = True) -> pd.Dat
     statuses = keyed.groupby(by, dropna=False, sort=True)["status"].agg(
         lambda s: ", ".join(f"{n} {k}" for k, n in s.value_counts().sort_index().items())
     )
-    t = keyed.groupby(by, dropna=False, sort=True).agg(
-        n_runs=("run_id", "size"), **{m: (m, "mean") for m in metrics}
-    )
+    stats = {m: (m, "mean") for m in metrics} | {f"{m}_std": (m, "std") for m in metrics if m != "fitted"}
+    t = keyed.groupby(by, dropna=False, sort=True).agg(n_runs=("run_id", "size"), **stats)
     t.insert(1, "status", statuses)
     return t.reset_index().rename(columns={"_all": "runs"})
+
+
+def mean_std(mean: float, std: float, digits: int = 3) -> str:
+    """'0.912 ± 0.013' (one run, or no spread known: the mean alone; nothing: blank)."""
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return ""
+    if std is None or (isinstance(std, float) and math.isnan(std)):
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def merge_std(t: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
+    """A summary table for reading: each `m` and `m_std` pair becomes one 'mean ± std' column `m`."""
+    out = t.copy()
+    for m in [c for c in t.columns if f"{c}_std" in t.columns]:
+        d = 1 if m == "epochs_to_fit" else digits
+        out[m] = [mean_std(a, b, d) for a, b in zip(t[m], t[f"{m}_std"])]
+        out = out.drop(columns=f"{m}_std")
+    return out
+
+
+def seed_summary(trials: pd.DataFrame, factors: list[str], metrics: list[str]) -> pd.DataFrame:
+    """Per-trial results (one row per trial, a `status` column, `fitted` as 0/1) summarized per
+    combination of `factors` over seeds: n, 'mean ± std' per metric (epochs_to_fit over the runs that
+    fitted), fitted as 'k/n' and the statuses. Used for the table a sweep prints and logs."""
+    rows = []
+    for key, g in trials.groupby(factors, sort=False, dropna=False):
+        row = dict(zip(factors, key if isinstance(key, tuple) else (key,)))
+        row["n"] = len(g)
+        for m in metrics:
+            v = pd.to_numeric(g[m], errors="coerce").dropna()
+            d = 1 if m == "epochs_to_fit" else 3
+            row[m] = mean_std(v.mean(), v.std(ddof=1) if len(v) > 1 else math.nan, d) or "-"
+        if "fitted" in g.columns:
+            row["fitted"] = f"{int(pd.to_numeric(g['fitted'], errors='coerce').fillna(0).sum())}/{len(g)}"
+        row["status"] = ", ".join(f"{n} {k}" for k, n in g["status"].value_counts().items())
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def to_text(df: pd.DataFrame) -> str:
+    """A plain aligned table for a terminal: a header, a rule, one line per row."""
+    plain = lambda v: _cell(v, 3).replace("\\|", "|") or "-"
+    cells = [[str(c) for c in df.columns]] + [[plain(v) for v in row] for row in df.itertuples(index=False)]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(df.columns))]
+    line = lambda r: "  ".join(x.ljust(w) for x, w in zip(r, widths)).rstrip()
+    return "\n".join([line(cells[0]), line(["-" * w for w in widths]), *map(line, cells[1:])])
 
 
 def pivot_mean(
