@@ -109,12 +109,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     exp_id = tracking.get_experiment_id(client, args.experiment)
     name = args.run_name or tracking.run_name(config, ["label_noise", "corruption"])
     run = tracking.RunTracker.start(
-        client, exp_id, name, params=config.flat_params(), tags=tracking.trial_tags(config),
+        client, exp_id, name, params=config.flat_params(),
+        tags={**tracking.trial_tags(config), **tracking.ui_trial_tags(config, args.config or "rgsweep train")},
     )
+    run.title = f"{name} ({tracking.condition(config)})"
     print(f"run {run.run_id} ({name}) in experiment {args.experiment!r} at {uri}", file=sys.stderr)
     try:
         summary = train(config, run.log_epoch, data=data, progress=not args.quiet)
     except DivergedError as e:
+        tracking.annotate_trial(run, config, e.summary)
         tracking.finish_trial(run, e.summary, diverged=True)
         print(f"{name}: DIVERGED at epoch {e.epoch} run_id={run.run_id}")
         return EXIT_FAILED
@@ -126,6 +129,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         run.fail(traceback.format_exc())
         raise
     summary["data_prep_s"] = data_prep_s
+    tracking.annotate_trial(run, config, summary)
     tracking.finish_trial(run, summary)
     print(f"{name}: {summary_line(summary)} run_id={run.run_id}")
     return EXIT_OK

@@ -360,12 +360,14 @@ def test_report_written_and_logged_to_latest_parent(store, tmp_path):
 
 def test_report_without_logging_and_with_missing_factors(store, tmp_path):
     runs, history = export.collect(store.uri, experiment="other")
-    # An export whose sweep never recorded label noise: only Figure 1a and the data (the clean images, drawn
-    # from the params) can be drawn; the rest say why not.
+    # An export whose sweep never recorded label noise: only the data (the clean images, drawn from the params),
+    # Figure 1a and the learning curves can be drawn; the rest say why not.
     path = write_report(tmp_path, runs.drop(columns="label_noise"), history, title="other", source="test")
     text = path.read_text()
-    assert text.count("_Not drawn (no data") == len(FIGURES) - 2 and "](fig1a_loss_curves.png)" in text
-    assert sorted(p.name for p in tmp_path.glob("*.png")) == ["data_samples.png", "fig1a_loss_curves.png"]
+    assert text.count("_Not drawn (no data") == len(FIGURES) - 3 and "](fig1a_loss_curves.png)" in text
+    assert "](learning_curves.png)" in text
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == [
+        "data_samples.png", "fig1a_loss_curves.png", "learning_curves.png"]
     args = _parser().parse_args(["report", "--experiment", "other", "--out", str(tmp_path / "r"), "--no-log",
                                  "--tracking-uri", store.uri])
     assert args.func(args) == 0 and (tmp_path / "r" / "other" / "report.md").exists()

@@ -38,6 +38,8 @@ def test_train_logs_a_finished_run_with_metrics_params_tags_and_curve(client, tr
     m = run.data.metrics
     assert m["fitted"] == 0.0 and m["epochs_run"] == 3.0 and m["samples_per_s"] > 0
     assert "gen_gap" in m and "best_test_acc" in m and "final_gen_gap" not in m
+    assert t["mlflow.runColor"] == "#1f77b4" and t["mlflow.note.content"].startswith("mlp1x512, noise 0.4, clean: ")
+    assert {d.dataset.name for d in run.inputs.dataset_inputs} == {"synthetic/train", "synthetic/test"}
     arts = [a.path for a in client.list_artifacts(run.info.run_id)]
     assert "learning_curve.png" in arts
 

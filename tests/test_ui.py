@@ -182,7 +182,8 @@ def test_three_seeds_give_mean_std_in_tables_and_error_bars_in_figures(tmp_path,
 
     fig = figures.gen_gap_vs_label_noise(runs)
     ax = fig.axes[0]
-    assert [line.get_label() for line in ax.lines] == ["mlp1x512 (n=3)"]
+    assert [line.get_label() for line in ax.lines] == ["mlp1x512"]
+    assert [t.get_text() for t in ax.texts] == ["mean ± std over n = 3 runs per point"]
     (bars,) = ax.collections  # one vertical bar per noise level, mean +- std
     lows_highs = sorted((seg[0][1], seg[1][1]) for seg in bars.get_segments())
     assert lows_highs[0] == pytest.approx((clean.mean() - clean.std(ddof=1), clean.mean() + clean.std(ddof=1)))

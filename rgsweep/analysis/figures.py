@@ -4,8 +4,8 @@ Each function takes frames (see export.py), draws only what exists, and returns 
 (built without pyplot, so nothing global is touched and nothing needs closing; `fig.savefig` renders
 with Agg). A selection with no data gives a figure with a "no data" note instead of an error:
 `has_data(fig)` tells them apart. Curves average over seeds; where a point averages several runs
-(seeds), a vertical bar spans +- one standard deviation (n - 1 in the denominator) and the legend
-says n. Architectures keep the colours they have in the MLflow UI (rgsweep/palette.py). Pass a
+(seeds), a vertical bar spans +- one standard deviation (n - 1 in the denominator) and a note in the
+corner says n. Architectures keep the colours they have in the MLflow UI (rgsweep/palette.py). Pass a
 filtered `runs` frame to choose what goes in (e.g. one dataset).
 """
 
@@ -88,7 +88,7 @@ def fig1b_time_to_fit(runs: pd.DataFrame, *, measure: str = "epochs_to_fit") -> 
     if sel.empty or measure not in sel.columns or "arch" not in sel.columns:
         return _no_data(fig, ax, f"no runs with label_noise, arch and {measure}")
     fitted = sel[measure].notna() & (pd.to_numeric(col(sel, "fitted", 1.0), errors="coerce").fillna(0) > 0)
-    skipped = []
+    skipped, counts = [], []
     for arch, g in sel.groupby("arch", sort=True):
         stats = g[fitted[g.index]].groupby("label_noise")[measure].agg(["mean", "std", "count"])
         mean = stats["mean"]
@@ -97,9 +97,9 @@ def fig1b_time_to_fit(runs: pd.DataFrame, *, measure: str = "epochs_to_fit") -> 
             skipped.append(str(arch))
             continue
         ratio = mean / clean
-        (line,) = ax.plot(ratio.index, ratio.to_numpy(), marker="o", label=_label(arch, stats["count"]),
-                          color=arch_color(str(arch)))
+        (line,) = ax.plot(ratio.index, ratio.to_numpy(), marker="o", label=str(arch), color=arch_color(str(arch)))
         _error_bars(ax, ratio.index, ratio.to_numpy(), stats["std"] / clean, stats["count"], line.get_color())
+        counts += stats["count"].tolist()
         unfitted = sorted(set(g["label_noise"]) - set(mean.index))
         if unfitted:  # drawn in axes coordinates vertically: there is no y value to plot
             ax.plot(unfitted, [0.97] * len(unfitted), linestyle="none", marker="x", color=line.get_color(),
@@ -108,32 +108,36 @@ def fig1b_time_to_fit(runs: pd.DataFrame, *, measure: str = "epochs_to_fit") -> 
         return _no_data(fig, ax, "no architecture fitted its clean-label runs")
     if skipped:
         ax.text(0.01, 0.01, f"no clean-label fit: {', '.join(skipped)}", transform=ax.transAxes, fontsize=8)
+    _runs_per_point(ax, counts)
     ax.legend()
     return fig
 
 
-def _label(arch: object, counts: pd.Series) -> str:
-    """The legend entry: the architecture, and n when points average several runs (seeds)."""
-    n = sorted(set(int(c) for c in counts if c > 0))
-    if not n or n == [1]:
-        return str(arch)
-    return f"{arch} (n={n[0]})" if len(n) == 1 else f"{arch} (n={n[0]}-{n[-1]})"
-
-
 def _error_bars(ax: Axes, x: object, y: object, std: pd.Series, counts: pd.Series, color: str) -> None:
-    """+- one standard deviation where a point averages several runs. No caps: caps would be extra lines."""
-    std = std.to_numpy(dtype=float)
+    """+- one standard deviation where a point averages several runs (no caps: caps would be extra lines)."""
     if (counts.to_numpy() > 1).any():
-        ax.errorbar(x, y, yerr=np.nan_to_num(std), fmt="none", ecolor=color, elinewidth=1.2, capsize=0)
+        ax.errorbar(x, y, yerr=np.nan_to_num(std.to_numpy(dtype=float)), fmt="none", ecolor=color, elinewidth=1.2,
+                    capsize=0)
+
+
+def _runs_per_point(ax: Axes, counts: list[int]) -> None:
+    """A note in the corner when points average several runs: how many."""
+    n = sorted({int(c) for c in counts if c > 0})
+    if n and n != [1]:
+        ax.text(0.99, 0.01, f"mean ± std over n = {n[0] if len(n) == 1 else f'{n[0]}-{n[-1]}'} runs per point",
+                transform=ax.transAxes, ha="right", va="bottom", fontsize=8, color="gray")
 
 
 def _mean_by_arch(ax: Axes, sel: pd.DataFrame, values: pd.Series) -> None:
+    counts: list[int] = []
     for arch, g in sel.assign(_y=values).groupby("arch", sort=True):
         stats = g.groupby("label_noise")["_y"].agg(["mean", "std", "count"]).dropna(subset=["mean"])
         if not stats.empty:
-            (line,) = ax.plot(stats.index, stats["mean"].to_numpy(), marker="o",
-                              label=_label(arch, stats["count"]), color=arch_color(str(arch)))
+            (line,) = ax.plot(stats.index, stats["mean"].to_numpy(), marker="o", label=str(arch),
+                              color=arch_color(str(arch)))
             _error_bars(ax, stats.index, stats["mean"].to_numpy(), stats["std"], stats["count"], line.get_color())
+            counts += stats["count"].tolist()
+    _runs_per_point(ax, counts)
 
 
 def fig1c_test_error(runs: pd.DataFrame, *, num_classes: int | None = None) -> Figure:
