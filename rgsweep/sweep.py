@@ -589,8 +589,6 @@ def run_sweep(
         finally:
             interrupted = interrupted or bool(tracker.runs)
             raytune.stop_ray(started)
-    if todo and not interrupted:
-        log_data_samples(tracker.parent, [t.config for t in plan.trials])
     counts = tracker.close(interrupted)
     latest = tracker.latest_runs()
     print()
@@ -601,21 +599,6 @@ def run_sweep(
     if interrupted or counts["killed"] or counts["missing"]:
         return 130, counts
     return (1 if counts["failed"] else 0), counts
-
-
-def log_data_samples(parent: tracking.RunTracker, configs: list[TrialConfig]) -> None:
-    """The sweep's data figure (rgsweep.analysis.samples) on the parent run as `data_samples.png`. Drawn in
-    the driver on the CPU after the trials (not before: it would delay the first epoch). A picture: an
-    error is printed and the sweep goes on."""
-    import tempfile
-
-    from rgsweep.analysis import samples
-
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            parent.log_artifact(samples.save(configs, Path(tmp) / "data_samples.png"))
-    except Exception as e:  # noqa: BLE001 - never fail a finished sweep over its picture
-        print(f"data figure not logged to the parent run: {type(e).__name__}: {e}", file=sys.stderr)
 
 
 PACK_SEP = "|"  # a packed Ray trial is named by its members' names joined with this

@@ -132,4 +132,4 @@ def test_sweep_without_a_terminal_prints_progress_lines_and_no_status_table(tmp_
         assert needle not in out, (needle, out[-3000:])
     exp = client.get_experiment_by_name("progress-pipe")
     parent = client.search_runs([exp.experiment_id], "tags.`rgsweep.kind` = 'sweep'")[0]
-    assert "data_samples.png" in [a.path for a in client.list_artifacts(parent.info.run_id)]
+    assert "report/data_samples.png" in [a.path for a in client.list_artifacts(parent.info.run_id, "report")]

@@ -132,7 +132,10 @@ def _healthy(port: int) -> bool:
 
 
 def _port_free(port: int) -> bool:
+    """Whether a new server could listen on the port. As servers do (uvicorn too), with SO_REUSEADDR: the
+    health checks' closed connections may linger in TIME_WAIT, which blocks a plain bind but no server."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
             return True

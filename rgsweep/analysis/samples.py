@@ -9,8 +9,8 @@ min-max rescaled to [0, 1] for display (whitened pixels have no fixed range). Th
 positions appear in every column (one image per class, first of each in training order), so a column
 shows one image under each condition.
 
-Used by `rgsweep show` (one trial), `rgsweep report` and notebooks/00_data.ipynb (the trials of an export),
-and the end of a sweep (the figure goes to the parent run through rgsweep.tracking; no MLflow here).
+Used by `rgsweep show` (one trial), and for the trials of an export by `rgsweep report` (so also the
+sweep's page on its parent run, rgsweep/analysis/page.py) and notebooks/00_data.ipynb. No MLflow here.
 """
 
 from __future__ import annotations
