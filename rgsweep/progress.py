@@ -70,6 +70,14 @@ class Progress:
         self.last_shown = -float("inf")
         self.width, self.drawn = 0, ""  # the line last written
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Tune pickles its callbacks (this object among them) into the experiment state. The stream may not
+        pickle (pytest's capture, a notebook's output): a copy is never the one that draws, so it goes to stderr."""
+        return {**self.__dict__, "stream": None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state, stream=sys.stderr)
+
     # -- state ----------------------------------------------------------------------------------------
     def start(self, name: str) -> None:
         self.running[name] = 0.0

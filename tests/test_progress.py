@@ -101,6 +101,17 @@ def test_live_line_redraws_in_place_and_ends_with_a_newline():
     assert text.split("\r")[-1].startswith("trials 1/2 done (1 finished), 0 running | 1s elapsed")
 
 
+def test_progress_pickles_without_its_stream():
+    """Tune pickles its callbacks (with Ray's cloudpickle); a captured stream (pytest's, a notebook's) does not."""
+    from ray import cloudpickle as pickle
+
+    stream = io.StringIO()
+    progress = Progress(3, stream=stream, live=False)
+    progress.start("a")
+    copy = pickle.loads(pickle.dumps(progress))
+    assert copy.stream is sys.stderr and copy.running == {"a": 0.0} and progress.stream is stream
+
+
 def test_durations_read_like_a_clock():
     assert [fmt_duration(s) for s in (0, 59.4, 61, 3600 + 125)] == ["0s", "59s", "1m01s", "1h02m"]
 
