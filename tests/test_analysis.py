@@ -354,7 +354,7 @@ def test_report_written_and_logged_to_latest_parent(store, tmp_path):
     assert "paper 100.00 / 50.51" in text and "RuntimeError: boom" in text
     client = export.get_client(store.uri)
     logged = {f.path for f in client.list_artifacts(store.parent_id, "report")}
-    assert logged == {f"report/{n}" for n in ["report.md", *pngs]}
+    assert logged == {f"report/{n}" for n in ["report.md", "claims.json", *pngs]}
     assert client.list_artifacts(store.old_parent_id) == []
 
 
