@@ -77,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--schedules", default="1,5", help="eval_every values to compare (default 1,5)")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=1, help="runs per (model, schedule), alternating; the median "
+                   "share is printed (a shared machine slows some runs down)")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -93,13 +95,18 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{dataset} subset {subset}, {args.threads} thread(s), {args.epochs} epochs; load {load[0]:.2f}")
     rows = []
     for arch in [a.strip() for a in args.archs.split(",") if a.strip()]:
-        for every in [int(s) for s in args.schedules.split(",")]:
-            r = measure(arch, dataset, subset, args.epochs, every)
+        runs: dict[int, list[dict[str, Any]]] = {}
+        for _ in range(args.repeats):
+            for every in [int(s) for s in args.schedules.split(",")]:
+                runs.setdefault(every, []).append(measure(arch, dataset, subset, args.epochs, every))
+        for every, rs in runs.items():
+            r = sorted(rs, key=lambda r: r["eval_share"])[len(rs) // 2]  # the median run
+            r["eval_shares"] = [x["eval_share"] for x in rs]
             rows.append(r)
             print(f"  {arch:<9} eval_every {every:>2}: {r['epoch_time_s']:6.2f} s/epoch, steps "
                   f"{r['step_time_s_per_epoch']:6.2f} s, evaluation {100 * r['eval_share']:4.1f}% "
-                  f"({r['test_evaluations']} test evaluations), final test_acc {r['final_test_acc']:.4f}",
-                  flush=True)
+                  f"(runs: {', '.join(f'{100 * x:.1f}%' for x in r['eval_shares'])}; {r['test_evaluations']} "
+                  f"test evaluations), final test_acc {r['final_test_acc']:.4f}", flush=True)
     result = {"date": dt.datetime.now().isoformat(timespec="seconds"), "dataset": dataset, "subset": subset,
               "threads": args.threads, "torch": torch.__version__, "loadavg_start": list(load),
               "loadavg_end": list(os.getloadavg()), "rows": rows}
