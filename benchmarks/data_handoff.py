@@ -89,7 +89,7 @@ def run_sweep(work: Path, env: dict[str, str], base: dict[str, Any], trials: int
 
     uri = f"sqlite:///{work / 'mlflow.db'}"
     tracking.get_client(uri)  # the schema, beforehand
-    spec = {"name": "handoff", "base": base, "grid": {"seed": list(range(trials))},
+    spec = {"name": "handoff", "base": base, "seeds": list(range(trials)),
             "resources": {"cpu": 1}, "max_concurrent": 2}
     (work / "handoff.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
     cmd = [sys.executable, "-m", "rgsweep.cli", "sweep", "handoff.yaml", "--num-cpus", "2", "--tracking-uri", uri]
@@ -117,8 +117,10 @@ def run_sweep(work: Path, env: dict[str, str], base: dict[str, Any], trials: int
             "driver_data_line": [ln for ln in proc.stdout.splitlines() if ln.startswith("data: ")]}
 
 
-def measure_prepare(env: dict[str, str], base: dict[str, Any]) -> dict[str, Any]:
-    proc = subprocess.run([sys.executable, "-c", PREPARE, json.dumps(base)], env=env, capture_output=True, text=True)
+def measure_prepare(work: Path, env: dict[str, str], base: dict[str, Any]) -> dict[str, Any]:
+    # cwd: `python -c` puts the current directory first on sys.path, before PYTHONPATH (--code).
+    proc = subprocess.run([sys.executable, "-c", PREPARE, json.dumps(base)], cwd=work, env=env, capture_output=True,
+                          text=True)
     if proc.returncode != 0:
         raise SystemExit(proc.stderr[-3000:])
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -143,9 +145,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         base = base_config(args.data, args.arch, args.epochs, args.subset)
         load_before = os.getloadavg()
         if not args.cold:  # decode into the fresh cache first, untimed
-            subprocess.run([sys.executable, "-c", WARM, base["dataset"]], env=env, check=True)
+            subprocess.run([sys.executable, "-c", WARM, base["dataset"]], cwd=work, env=env, check=True)
         sweep = run_sweep(work, env, base, args.trials)
-        prepare = measure_prepare(env, base)  # the cache is warm by now (the sweep filled it)
+        prepare = measure_prepare(work, env, base)  # the cache is warm by now (the sweep filled it)
     result = {"code": str(args.code or REPO), "cold_cache": args.cold, "data": str(args.data), "trials": args.trials,
               "epochs": args.epochs, "arch": args.arch, "subset": args.subset,
               "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
