@@ -17,7 +17,8 @@ DATA_ARGS := $(if $(DATASET),--dataset $(DATASET)) $(if $(DATA_DIR),--data-dir $
 
 .DEFAULT_GOAL := help
 .PHONY: help install test test-fast lint demo demo-seeds sweep sweep-label-noise sweep-pixels sweep-regularizers \
-	sweep-architectures sweep-mnist paper-cpu paper tune tune-paper export report notebooks ui bench gpu-check models clean
+	sweep-architectures sweep-mnist paper-cpu paper tune demo-tuned tune-paper export report notebooks ui bench gpu-check \
+	models clean
 
 help: ## show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-22s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -78,8 +79,13 @@ paper: install ## the paper at full scale: every paper sweep (GPU box), then eac
 	for s in $(PAPER_SWEEPS); do $(RGSWEEP) sweep sweeps/$$s.yaml $(DATA_ARGS) $(ARGS) || exit $$?; done
 	rc=0; for s in $(PAPER_SWEEPS); do $(RGSWEEP) report --experiment $$s --out reports --check || rc=1; done; exit $$rc
 
-tune: install ## Optuna tunes the demo baseline (digits) -> sweeps/baselines/tune-demo.yaml (ARGS=--resume|--restart)
+tune: install ## Optuna tunes the demo baseline (digits) -> mlruns/baselines/tune-demo.yaml (ARGS=--resume|--restart)
 	$(RGSWEEP) tune sweeps/tune-demo.yaml $(DATA_ARGS) $(ARGS)
+
+# Your `make tune` result when there is one, else the baseline shipped in sweeps/baselines/.
+TUNED := $(wildcard mlruns/baselines/tune-demo.yaml)
+demo-tuned: install ## the demo's label-noise grid from the tuned baseline (yours from make tune, else the shipped one)
+	$(RGSWEEP) sweep sweeps/demo-tuned.yaml $(if $(TUNED),--baseline $(TUNED)) $(DATA_ARGS) $(ARGS)
 
 tune-paper: install ## Optuna per architecture on CIFAR-10 (inception, alexnet, mlp1x512)
 	for f in sweeps/tune-paper-*.yaml; do $(RGSWEEP) tune $$f $(DATA_ARGS) $(ARGS) || exit $$?; done

@@ -8,8 +8,9 @@ when it moves again, only this file changes.
 - `report(metrics)`: what a trainable calls once per epoch.
 - `put_datasets(...)` / `get_dataset(handle)`: the driver's decoded datasets through the object store
   (run_trials(datasets=...) does the put; a trainable gets its one).
-- `TrackingCallback`: a `tune.Callback` base whose hooks receive plain ids and dicts, so the MLflow
-  logic (sweep.py, tune.py) never touches Ray's Trial objects.
+- `TrackingCallback(hooks)`: a `tune.Callback` that calls `hooks` with plain ids and dicts, so the MLflow
+  logic (sweep.py, tune.py) never touches Ray's Trial objects; it tells a lost worker or node
+  (`is_infrastructure`) from an error raised by the trial's code.
 - What a run prints: by default no Ray status table, only rgsweep's own progress line
   (`rgsweep.progress`, fed by the same trial events); `verbose` brings back Ray's table.
 """
@@ -24,8 +25,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import cloudpickle
 import optuna
 import ray
+import ray.exceptions
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
@@ -75,69 +78,93 @@ def report(metrics: dict[str, Any]) -> None:
     tune.report(metrics)
 
 
-class TrackingCallback(tune.Callback):
-    """Translates Tune's trial events into calls with (trial_id, payload) for subclasses to implement."""
+# Errors that mean a trial's process or node was lost, not that its code raised: retried by Ray
+# (FailureConfig), then recorded as infrastructure failures that a plain --resume runs again.
+INFRA_ERRORS: tuple[type[BaseException], ...] = (
+    ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError,
+    ray.exceptions.OutOfMemoryError, ray.exceptions.ObjectLostError, ray.exceptions.LocalRayletDiedError,
+    ray.exceptions.RaySystemError,
+)
 
-    def trial_started(self, trial_id: str, config: dict[str, Any]) -> None: ...
-    def trial_result(self, trial_id: str, result: dict[str, Any]) -> None: ...
-    def trial_completed(self, trial_id: str) -> None: ...
-    def trial_errored(self, trial_id: str, error: str) -> None: ...
-    def experiment_ended(self) -> None: ...
+
+def is_infrastructure(exc: BaseException | None) -> bool:
+    """A dead actor or worker, a lost node or object; a RayTaskError counts when its cause is one."""
+    if isinstance(exc, ray.exceptions.RayTaskError):
+        exc = exc.as_instanceof_cause()
+    return isinstance(exc, INFRA_ERRORS)
+
+
+def trial_failure(trial: Any) -> tuple[str, bool]:
+    """(error text, whether it is an infrastructure failure) of a trial Tune just saw fail. The exception
+    is pickled beside the trial's local state when Tune handles it; its text file is the fallback."""
+    exc = None
+    path = trial.pickled_error_file
+    if path and os.path.exists(path):
+        try:
+            exc = cloudpickle.loads(Path(path).read_bytes())
+        except Exception:  # noqa: BLE001 - an unpicklable cause: the text says enough
+            exc = None
+    text = f"{type(exc).__name__}: {exc}" if exc is not None else ""
+    if not text and trial.error_file and os.path.exists(trial.error_file):
+        text = Path(trial.error_file).read_text(errors="replace")
+    return text or "trial raised an error", is_infrastructure(exc)
+
+
+class TrackingCallback(tune.Callback):
+    """Translates Tune's trial events into plain calls on `hooks` (ids and dicts), so the MLflow logic
+    (sweep.py, tune.py) never touches Ray's Trial objects: trial_started(id, config),
+    trial_result(id, result), trial_completed(id), trial_errored(id, error, infrastructure),
+    trial_retried(id, error) (a lost attempt Ray is about to run again)."""
+
+    def __init__(self, hooks: Any):
+        self.hooks = hooks
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Tune pickles its callbacks into the experiment state (never restored: rgsweep resumes from MLflow);
+        # the hooks hold MLflow clients and this process's stderr, which do not pickle.
+        return {"hooks": None}
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        self.trial_started(trial.trial_id, trial.config)
+        if self.hooks is not None:
+            self.hooks.trial_started(trial.trial_id, trial.config)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        self.trial_result(trial.trial_id, result)
+        if self.hooks is not None:
+            self.hooks.trial_result(trial.trial_id, result)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self.trial_completed(trial.trial_id)
+        if self.hooks is not None:
+            self.hooks.trial_completed(trial.trial_id)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        error = None
-        try:
-            error = trial.get_error()
-        except Exception:  # the error file may live on another node's storage
-            error = None
-        path = trial.error_file
-        if not error and path and os.path.exists(path):
-            error = Path(path).read_text(errors="replace")
-        self.trial_errored(trial.trial_id, str(error or path or "trial raised an error"))
+        if self.hooks is not None:
+            error, infra = trial_failure(trial)
+            self.hooks.trial_errored(trial.trial_id, error, infra)
 
-    def on_experiment_end(self, trials, **info):
-        self.experiment_ended()
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        if self.hooks is not None:
+            self.hooks.trial_retried(trial.trial_id, trial_failure(trial)[0])
+
+
+class _StopAll(tune.Stopper):
+    """Stops every trial once `should_stop()` is true (a signal, the store down, the lease lost)."""
+
+    def __init__(self, should_stop: Callable[[], bool]):
+        self.should_stop = should_stop
+
+    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        return bool(self.should_stop())
 
 
 class _Forward(TrackingCallback):
     """Trial events to a plain object (the progress line), plus `tick` on every step of Tune's loop."""
 
-    def __init__(self, target: Any):
-        self.target = target
-
-    def __getstate__(self) -> dict[str, Any]:
-        # Tune pickles its callbacks into the experiment state (never restored: rgsweep resumes from MLflow);
-        # the progress line writes to this process's stderr, which does not pickle.
-        return {"target": None}
-
-    def trial_started(self, trial_id, config):
-        if self.target is not None:
-            self.target.trial_started(trial_id, config)
-
-    def trial_result(self, trial_id, result):
-        if self.target is not None:
-            self.target.trial_result(trial_id, result)
-
-    def trial_completed(self, trial_id):
-        if self.target is not None:
-            self.target.trial_completed(trial_id)
-
-    def trial_errored(self, trial_id, error):
-        if self.target is not None:
-            self.target.trial_errored(trial_id, error)
-
     def on_step_end(self, iteration, trials, **info):
-        if self.target is not None:
-            self.target.tick()
+        if self.hooks is not None:
+            self.hooks.tick()
 
 
 class _DropSlowWarnings(logging.Filter):
@@ -181,14 +208,19 @@ def run_trials(
     parameter_columns: list[str] | None = None,
     datasets: dict[str, Dataset] | None = None,
     progress: Any = None,
+    retries: int = 0,
+    should_stop: Callable[[], bool] | None = None,
 ) -> None:
-    """Run trials on Ray Tune. Never raises for a failed trial (failures are recorded by the callback);
-    a SIGINT makes Tune stop the trials and return.
+    """Run trials on Ray Tune. Never raises for a failed trial (failures are recorded by the callback).
 
     `datasets` (data key -> Dataset, loaded by the driver) go into the object store once; the trainable
     receives `datasets=` {data key: handle} and calls `get_dataset(handle)` for the one it trains on.
     `progress` (a `rgsweep.progress.Progress`) receives the trial events and is closed at the end.
-    `verbose` 0: Ray prints no status table (Tune's verbosity 0); 1: Ray's table as well."""
+    `verbose` 0: Ray prints no status table (Tune's verbosity 0); 1: Ray's table as well.
+    A trial whose process dies is run again up to `retries` times (trainables catch their own errors,
+    so what reaches Ray's FailureConfig is infrastructure). Signals are the caller's (lifecycle.py):
+    Tune's own SIGINT handler is off, and `should_stop()` ends the run."""
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     # Ray's classic reporter: a compact table every 30 s with the epoch metrics that matter, instead
     # of the new engine's per-trial boxes (which bury the table on sweeps of hundreds of trials).
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
@@ -223,7 +255,8 @@ def run_trials(
             name=name,
             storage_path=str(Path(storage_path).resolve()) if "://" not in str(storage_path) else str(storage_path),
             callbacks=callbacks,
-            failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
+            stop=_StopAll(should_stop) if should_stop is not None else None,
+            failure_config=tune.FailureConfig(max_failures=retries, fail_fast=False),
             verbose=verbose,
             progress_reporter=reporter if verbose else None,
         ),
@@ -292,6 +325,10 @@ class OptunaSearcher(OptunaSearch):
         self._final_key = final_key
         self._failed_key = failed_key
         self._last_step: dict[str, int] = {}  # Ray trial id -> last step reported to Optuna
+
+    def own_trials(self) -> set[int]:
+        """Numbers of the Optuna trials this searcher asked for (this driver's, not another's)."""
+        return {t.number for t in self._ot_trials.values()}
 
     def trial_number(self, trial_id: str) -> int | None:
         """Optuna's trial number for a Ray trial (known from the moment the trial is suggested)."""

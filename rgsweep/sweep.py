@@ -16,11 +16,18 @@ Sweep file (sweeps/*.yaml):
     resources: {cpu: 1, gpu: 0.25}  # per trial; fractions allowed
     max_concurrent: 4
     pack: 1                         # >1: train this many same-shape trials together in one process
+    retries: 2                      # a trial whose worker or node is lost is run again this many times
     smoke: {epochs: 2, subset: 200} # overrides used by --smoke (CI runs every sweep file this way)
+
+Precedence: baseline < base < grid values < seed < the command line (`--set`, `--dataset`,
+`--data-dir`): a command-line key that is also a grid axis collapses that axis, and the sweep says so.
+`--smoke` runs go to their own experiment, `<experiment>-smoke`.
 
 The MLflow store is the source of truth for resume: a trial is identified by its trial key (a
 hash of its resolved config), so `--resume` skips trials that already have a FINISHED run, closes
-runs left RUNNING by a dead driver as KILLED, and runs everything else once more.
+runs left RUNNING by a dead driver as KILLED, and runs everything else once more (FAILED trials only
+with --rerun-failed, except those whose worker was lost: those are rerun). How a sweep starts, holds
+its lease, and ends on every path is rgsweep/lifecycle.py's job.
 
 Every MLflow write happens in this driver process (one writer, no SQLite races); trials on any
 node of a Ray cluster only report numbers back through Ray.
@@ -34,31 +41,34 @@ import json
 import math
 import os
 import sys
+import threading
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from rgsweep import tracking
+from rgsweep import lifecycle, tracking
 from rgsweep.config import ConfigError, TrialConfig, load_yaml, make_config
-from rgsweep.metrics import EPOCH_SERIES
+from rgsweep.lifecycle import (
+    DEFAULT_RETRIES,
+    DEFAULT_SMOKE,
+    EPOCH_KEYS,
+    SUMMARY_KEY,
+    Resources,
+    add_run_args,
+    default_storage,
+    fit_resources,
+    overrides_from_args,
+    trial_cost,
+    ui_hint,
+)
 from rgsweep.preload import SweepData, preload
 from rgsweep.progress import Progress
 
-SUMMARY_KEY = "rgsweep_summary"
-DEFAULT_SMOKE = {"dataset": "synthetic", "data_dir": None, "subset": None, "epochs": 2, "download": False}
-
-
 PACK_MAX = 256  # trials trained together in one Ray trial, at most
-
-
-class Resources(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    cpu: float = Field(1.0, gt=0)  # CPU cores per trial; also the trial's torch thread count
-    gpu: float = Field(0.0, ge=0)  # GPUs per trial; 0.25 packs four trials on one GPU (no memory isolation)
 
 
 class SweepSpec(BaseModel):
@@ -73,6 +83,7 @@ class SweepSpec(BaseModel):
     resources: Resources = Field(default_factory=Resources)
     max_concurrent: int | None = Field(None, ge=1)
     pack: int = Field(1, ge=1, le=PACK_MAX)
+    retries: int = Field(DEFAULT_RETRIES, ge=0, le=100)
     smoke: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("grid")
@@ -107,6 +118,9 @@ class Plan:
     experiment: str
     trials: list[Trial]
     swept_keys: list[str]
+    notes: list[str] = field(default_factory=list)  # grid axes the command line collapsed
+    smoke: bool = False
+    baseline: str | None = None  # the baseline file the trials start from
 
 
 # -- loading and expansion ------------------------------------------------------------------------
@@ -131,13 +145,16 @@ def _fmt_value(v: Any) -> str:
 
 def expand(
     spec: SweepSpec, path: Path, overrides: dict[str, Any] | None = None, smoke: bool = False,
-    seeds: list[int] | None = None,
+    seeds: list[int] | None = None, baseline: Path | None = None,
 ) -> Plan:
     """Every trial of the sweep as a validated TrialConfig. Raises ConfigError naming the bad trial.
-    `seeds` (from --seeds) replaces the file's, and --smoke keeps them all: they were asked for."""
+    `overrides` (the command line) win over everything, grid values included: an axis they set collapses.
+    `seeds` (from --seeds) replaces the file's, and --smoke keeps them all: they were asked for.
+    `baseline` (the command line's, relative to the working directory) replaces the file's `baseline:`."""
+    overrides = dict(overrides or {})
     base: dict[str, Any] = {}
-    if spec.baseline:
-        bpath = (path.parent / spec.baseline).resolve()
+    bpath = baseline or ((path.parent / spec.baseline) if spec.baseline else None)
+    if bpath is not None:
         bdata = load_yaml(bpath)
         base.update(bdata.get("params", bdata))
     base.update(spec.base)
@@ -146,14 +163,17 @@ def expand(
         base.update({**DEFAULT_SMOKE, **spec.smoke})
         # First and last value of every grid list: the extremes, at a fraction of the cost.
         grid = {k: (v if len(v) <= 2 else [v[0], v[-1]]) for k, v in grid.items()}
-    base.update(overrides or {})
+    base.update(overrides)
+    seeds = seeds or (spec.seeds[:1] if smoke else spec.seeds)
+    notes = collapsed_axes(grid, seeds, overrides)
+    if "seed" in overrides:
+        seeds = [overrides["seed"]]
 
     keys = list(grid)
     swept: list[str] = []
     for k in keys:
         names = [kk for v in grid[k] for kk in v] if isinstance(grid[k][0], dict) else [k]
-        swept += [kk for kk in dict.fromkeys(names) if kk not in swept]
-    seeds = seeds or (spec.seeds[:1] if smoke else spec.seeds)
+        swept += [kk for kk in dict.fromkeys(names) if kk not in swept and kk not in overrides]
     if len(seeds) > 1:
         swept.append("seed")
 
@@ -164,16 +184,16 @@ def expand(
         chosen: dict[str, Any] = {}
         named: list[str] = []  # the keys the run name shows
         for k, v in zip(keys, combo):
+            point = v if isinstance(v, dict) else {k: v}
+            values.update(point)
+            chosen.update({kk: vv for kk, vv in point.items() if kk not in overrides})
             if isinstance(v, dict):
-                values.update(v)
-                chosen.update(v)
                 # A bundle that picks the architecture carries that architecture's setup (its lr, ...):
                 # the name shows the architecture alone.
-                named += ["arch"] if "arch" in v else list(v)
-            else:
-                values[k] = v
-                chosen[k] = v
+                named += ["arch"] if "arch" in v else [kk for kk in v if kk not in overrides]
+            elif k not in overrides:
                 named.append(k)
+        values.update(overrides)  # the command line wins over the grid
         for seed in seeds:
             values_s = {**values, "seed": seed}
             where = f"{path} (trial {', '.join(f'{k}={_fmt_value(v)}' for k, v in chosen.items())})"
@@ -186,7 +206,26 @@ def expand(
             if any(t.name == name for t in trials):  # same swept values, other base: keep names unique
                 name = f"{name}-{key[:6]}"
             trials.append(Trial(cfg, key, name, {**chosen, "seed": seed}))
-    return Plan(spec, path, spec.experiment or spec.name, trials, swept)
+    experiment = spec.experiment or spec.name
+    return Plan(spec, path, f"{experiment}-smoke" if smoke else experiment, trials, swept, notes, smoke,
+                str(bpath) if bpath is not None else None)
+
+
+def collapsed_axes(grid: dict[str, list[Any]], seeds: list[int], overrides: dict[str, Any]) -> list[str]:
+    """One line per grid axis (or bundle key, or the seeds) that a command-line value replaces."""
+    notes = []
+    for axis, values in grid.items():
+        if isinstance(values[0], dict):
+            for k in dict.fromkeys(kk for v in values for kk in v):
+                if k in overrides:
+                    notes.append(f"command line {k}={_fmt_value(overrides[k])} replaces {k} in every value of "
+                                 f"grid bundle {axis!r}")
+        elif axis in overrides:
+            notes.append(f"command line {axis}={_fmt_value(overrides[axis])} replaces grid axis {axis!r} "
+                         f"({len(values)} values -> 1)")
+    if "seed" in overrides and len(seeds) > 1:
+        notes.append(f"command line seed={overrides['seed']} replaces seeds {seeds} ({len(seeds)} values -> 1)")
+    return notes
 
 
 # -- the trainable (runs on a Ray worker) ---------------------------------------------------------
@@ -211,16 +250,21 @@ def trainable(config: dict[str, Any], payloads: dict[str, dict[str, Any]], datas
     configs = [TrialConfig(**m["config"]) for m in members]
     interval = payload.get("report_interval", REPORT_INTERVAL_S)
     reports = [EpochBuffer(m["name"], raytune.report, m.get("inject_failure"), interval) for m in members]
+    # An error raised by the trial's own code is reported as the trial's outcome (FAILED), never raised
+    # to Ray: what Ray sees fail is then a lost process or node, which FailureConfig retries.
     try:
         if len(members) == 1:
             try:
                 results: list[Any] = [train(configs[0], reports[0], dataset=dataset)]
-            except DivergedError as e:
+            except Exception as e:  # noqa: BLE001 - DivergedError included
                 results = [e]
         else:
             from rgsweep.packed import train_packed
 
-            results = train_packed(configs, reports, dataset=dataset)
+            try:
+                results = train_packed(configs, reports, dataset=dataset)
+            except Exception as e:  # noqa: BLE001 - the whole pack failed
+                results = [e] * len(members)
     finally:  # a trial that raises still sends the epochs it trained, so its FAILED run has its curve
         for r in reports:
             r.flush()
@@ -229,10 +273,8 @@ def trainable(config: dict[str, Any], payloads: dict[str, dict[str, Any]], datas
     for m, res in zip(members, results):
         if isinstance(res, DivergedError):
             summary, status = res.summary, "diverged"
-        elif isinstance(res, BaseException):  # one packed trial raised: it alone is FAILED
-            if len(members) == 1:
-                raise res
-            summary, status = {"error": f"{type(res).__name__}: {res}"}, "failed"
+        elif isinstance(res, BaseException):  # this trial raised: it alone is FAILED
+            summary, status = {"error": "".join(traceback.format_exception(res))[-4000:]}, "failed"
         else:
             summary, status = res, "finished"
         summary["data_fetch_s"] = fetch_s
@@ -242,22 +284,6 @@ def trainable(config: dict[str, Any], payloads: dict[str, dict[str, Any]], datas
         raytune.report({**last, "member": m["name"],
                         SUMMARY_KEY: json.dumps({"status": status, "ray_node": raytune.node_id(), **summary},
                                                 default=str)})
-
-
-def trial_cost(device: str, seconds: float, granted: dict[str, float]) -> dict[str, Any]:
-    """What a trial cost (rgsweep/metrics.py): `device_s` = the seconds it held its device share x that
-    share (a GPU fraction, or CPU cores), `device_share`, and `device_kind` ('cpu' or the GPU's name).
-    Seconds from the trainable's start (data preparation included) to its summary."""
-    import torch
-
-    from rgsweep.train import resolve_device
-
-    dev = resolve_device(device)
-    if dev.type == "cuda":
-        kind, share = torch.cuda.get_device_name(dev), float(granted.get("GPU") or 1.0)
-    else:
-        kind, share = dev.type, float(granted.get("CPU") or 1.0)
-    return {"device_s": seconds * share, "device_share": share, "device_kind": kind}
 
 
 EPOCHS_KEY = "rgsweep_epochs"
@@ -273,17 +299,17 @@ class EpochBuffer:
     So epochs are sent together, at most every `interval` seconds (the first epoch at once, so Ray's
     table fills in), and the driver logs each batch in one MLflow call. Every epoch still becomes its
     own MLflow step; `flush` sends what is left (the trainable calls it before the summary and when
-    the trial raises).
+    the trial raises). `fail_at` injects a fault for tests (see `inject_fault`).
     """
 
-    def __init__(self, name: str, send: Any, fail_at: int | None = None, interval: float = REPORT_INTERVAL_S):
+    def __init__(self, name: str, send: Any, fail_at: Any = None, interval: float = REPORT_INTERVAL_S):
         self.name, self.send, self.fail_at, self.interval = name, send, fail_at, interval
         self.pending: list[dict[str, Any]] = []
         self.last_sent: float | None = None
 
     def __call__(self, metrics: dict[str, Any]) -> None:
-        if self.fail_at is not None and metrics["epoch"] >= self.fail_at:  # fault injection (tests)
-            raise RuntimeError(f"injected failure at epoch {metrics['epoch']}")
+        if self.fail_at is not None:
+            inject_fault(self.name, self.fail_at, metrics["epoch"], self.flush)
         self.pending.append(dict(metrics))
         if self.last_sent is None or time.monotonic() - self.last_sent >= self.interval:
             self.flush()
@@ -297,77 +323,173 @@ class EpochBuffer:
         self.last_sent = time.monotonic()
 
 
+def inject_fault(name: str, fault: Any, epoch: int, flush: Any) -> None:
+    """Fault injection for tests (`run_sweep(inject_failure={trial name: fault})`, or $RGSWEEP_FAULTS as
+    JSON for a driver in a subprocess), checked before epoch `epoch` is reported:
+
+    - an int N: raise at epoch N, as a bug in the trial's code would;
+    - `{"hang_at": N, "pid_dir": D, "times": T, "until": F}`: at epoch N, on the trial's first T attempts,
+      send the epochs so far, write this process's pid to `D/<name>.<attempt>.pid`, then wait: until file
+      F exists (the test has broken something and lets the trial go on), or, without F, to be killed
+      from outside (a worker lost to the OOM killer or a dead node).
+    """
+    if not isinstance(fault, dict):
+        if epoch >= fault:
+            raise RuntimeError(f"injected failure at epoch {epoch}")
+        return
+    pid_dir = Path(fault["pid_dir"])
+    attempt = len(list(pid_dir.glob(f"{name}.*.pid")))
+    if epoch < fault["hang_at"] or attempt >= fault.get("times", 1):
+        return
+    flush()
+    tmp = pid_dir / f".{name}.{attempt}.tmp"
+    tmp.write_text(str(os.getpid()))
+    tmp.rename(pid_dir / f"{name}.{attempt}.pid")  # atomic: the test never reads a half-written pid
+    deadline = time.monotonic() + fault.get("timeout", 300)
+    release = Path(fault["until"]) if fault.get("until") else None
+    while time.monotonic() < deadline:
+        if release is not None and release.exists():
+            return
+        threading.Event().wait(0.1)
+    raise RuntimeError("injected hang: nobody released or killed this trial")
+
+
+def faults_from_env() -> dict[str, Any] | None:
+    """$RGSWEEP_FAULTS: fault injection for a driver the tests start as a subprocess (see inject_fault)."""
+    text = os.environ.get("RGSWEEP_FAULTS")
+    return json.loads(text) if text else None
+
+
 # -- MLflow from the driver -----------------------------------------------------------------------
 class SweepTracker:
-    """Owns the parent run and the child runs; every write happens in the driver."""
+    """Owns the parent run and the child runs; every write happens in the driver. It is the sweep's
+    lifecycle job (see lifecycle.Job): find_parent, open, launch, the Ray hooks, close."""
 
-    def __init__(self, plan: Plan, tracking_uri: str | None, resume: bool, rerun_failed: bool):
+    command = "sweep"
+
+    def __init__(self, plan: Plan, resume: bool = False, rerun_failed: bool = False,
+                 launch: dict[str, Any] | None = None):
         self.plan = plan
-        self.client = tracking.get_client(tracking_uri)  # creates the schema once, before trials fan out
-        self.uri = self.client.tracking_uri
-        self.exp_id = tracking.get_experiment_id(self.client, plan.experiment)
+        self.name = plan.spec.name
+        self.resume = resume
+        self.rerun_failed = rerun_failed
+        self.launch_args = launch or {}
+        self.client: Any = None
+        self.uri = ""
+        self.exp_id = ""
         self.parent: tracking.RunTracker | None = None
+        self.todo: list[Trial] = []
         self.done: dict[str, Any] = {}  # trial key -> FINISHED run (skipped on resume)
         self.failed_before: dict[str, Any] = {}
         self.runs: dict[str, dict[str, tracking.RunTracker]] = {}  # ray trial id -> trial name -> open run
+        self.attempts: dict[str, int] = {}  # ray trial id -> attempts started (a lost worker adds one)
         self.by_payload: dict[str, Trial] = {t.key: t for t in plan.trials}
         self.by_name: dict[str, Trial] = {t.name: t for t in plan.trials}
-        self.resume = resume
-        self.rerun_failed = rerun_failed
+        self.counts_: dict[str, int] = {}
 
-    def _latest_parent(self) -> Any | None:
-        runs = self.client.search_runs(
-            [self.exp_id],
-            f"tags.`rgsweep.kind` = 'sweep' and tags.`rgsweep.sweep` = '{self.plan.spec.name}'",
-            order_by=["attributes.start_time DESC"], max_results=1,
-        )
-        return runs[0] if runs else None
+    # -- the lifecycle job
+    def find_parent(self, client: Any) -> Any | None:
+        self.client = client
+        self.uri = client.tracking_uri
+        self.exp_id = tracking.get_experiment_id(client, self.plan.experiment)
+        return tracking.latest_parent(client, self.exp_id, {"rgsweep.kind": "sweep", "rgsweep.sweep": self.name})
 
-    def open(self) -> list[Trial]:
-        """Create (or, on resume, reopen) the parent run; return the trials still to run."""
-        todo = list(self.plan.trials)
-        parent = self._latest_parent() if self.resume else None
-        if parent is not None:
-            self.parent = tracking.RunTracker(self.client, parent.info.run_id)
-            tracking.retry(lambda: self.client.update_run(parent.info.run_id, status="RUNNING"))
-            keys = set(self.by_payload)
-            for run in tracking.search_children(self.client, self.exp_id):
-                key = run.data.tags.get("rgsweep.trial_key")
-                if key not in keys:
-                    continue
-                status = run.info.status
-                if status == "RUNNING":  # left behind by a driver that died
-                    tracking.RunTracker(self.client, run.info.run_id).finish("KILLED")
-                elif status == "FINISHED":
-                    self.done[key] = run
-                elif status == "FAILED":
-                    self.failed_before[key] = run
-            skip = set(self.done) | (set() if self.rerun_failed else set(self.failed_before))
-            todo = [t for t in todo if t.key not in skip]
+    def open(self, lease: lifecycle.Lease) -> bool:
+        """Create (or, on resume, reopen) the parent run under `lease`; whether trials are left to run."""
+        parent = self.find_parent(self.client)
+        if parent is not None and (self.resume or parent.info.status == "RUNNING"):
+            lease.take(f"sweep {self.name!r}", parent)  # its driver is gone: its runs are ours to close
+            self.close_dead(parent.info.run_id)
+        if parent is not None and self.resume:
+            self.parent = tracking.reopen(self.client, parent.info.run_id)
+            self.todo = self.remaining()
         else:
-            tags = {
-                "rgsweep.kind": "sweep", "rgsweep.sweep": self.plan.spec.name,
-                "rgsweep.swept": ",".join(self.plan.swept_keys), "rgsweep.git_commit": tracking.git_commit(),
-                "rgsweep.n_trials": str(len(self.plan.trials)),
-                **tracking.source_tags(str(self.plan.path)), "mlflow.runColor": tracking.PARENT_COLOR,
-                tracking.NOTE: f"Sweep `{self.plan.spec.name}` running: {len(self.plan.trials)} trials. "
-                               "The results table and figures appear here when it ends.",
-            }
-            self.parent = tracking.RunTracker.start(
-                self.client, self.exp_id, f"sweep-{self.plan.spec.name}", tags=tags,
-                params={"sweep_file": str(self.plan.path), "n_trials": str(len(self.plan.trials))},
-            )
-            self.parent.log_artifact(self.plan.path)
+            if parent is not None and parent.info.status == "RUNNING":  # a dead driver's parent, not resumed
+                tracking.RunTracker(self.client, parent.info.run_id).finish("KILLED")
+            self.parent = self.start_parent(lease)
+            self.todo = list(self.plan.trials)
+        print(f"sweep {self.name!r}: {len(self.plan.trials)} trials, {len(self.todo)} to run "
+              f"(parent run {self.parent.run_id}, experiment {self.plan.experiment!r}"
+              + (f", baseline {self.plan.baseline}" if self.plan.baseline else "") + ")", flush=True)
+        for note in self.plan.notes:
+            print(note, flush=True)
         tracking.set_experiment_note(self.client, self.exp_id, self.plan.spec.description)
-        return todo
+        return bool(self.todo)
 
-    # Ray callback hooks (called in the driver). A Ray trial carries one trial, or a pack of them.
+    def start_parent(self, lease: lifecycle.Lease) -> tracking.RunTracker:
+        tags = {
+            "rgsweep.kind": "sweep", "rgsweep.sweep": self.name,
+            "rgsweep.swept": ",".join(self.plan.swept_keys), "rgsweep.git_commit": tracking.git_commit(),
+            "rgsweep.n_trials": str(len(self.plan.trials)), **lease.tags(),
+            **tracking.source_tags(str(self.plan.path)), "mlflow.runColor": tracking.PARENT_COLOR,
+            tracking.NOTE: f"Sweep `{self.name}` running: {len(self.plan.trials)} trials. "
+                           "The results table and figures appear here when it ends.",
+        }
+        if self.plan.smoke:
+            tags["rgsweep.smoke"] = "true"
+        parent = tracking.RunTracker.start(
+            self.client, self.exp_id, f"sweep-{self.name}", tags=tags,
+            params={"sweep_file": str(self.plan.path), "n_trials": str(len(self.plan.trials)),
+                    **({"baseline_file": self.plan.baseline} if self.plan.baseline else {})},
+        )
+        lease.hold(parent.run_id)
+        parent.try_artifact(self.plan.path.name, lambda path: path.write_bytes(self.plan.path.read_bytes()))
+        return parent
+
+    def close_dead(self, parent_id: str) -> None:
+        """Runs a dead driver left RUNNING are closed as KILLED (their trials run again)."""
+        for run in tracking.search_children(self.client, self.exp_id, parent_id, statuses=["RUNNING"]):
+            dead = tracking.RunTracker(self.client, run.info.run_id)
+            dead.set_tags({"rgsweep.stop_reason": "driver_lost"})
+            dead.finish("KILLED")
+
+    def remaining(self) -> list[Trial]:
+        """Trials without a FINISHED run; FAILED ones only with --rerun-failed, unless their worker was lost."""
+        for run in tracking.search_children(self.client, self.exp_id):
+            key = run.data.tags.get("rgsweep.trial_key")
+            if key not in self.by_payload:
+                continue
+            if run.info.status == "FINISHED":
+                self.done[key] = run
+            elif run.info.status == "FAILED" and run.data.tags.get("rgsweep.failure") != "infrastructure":
+                self.failed_before[key] = run
+        skip = set(self.done) | (set() if self.rerun_failed else set(self.failed_before))
+        return [t for t in self.plan.trials if t.key not in skip]
+
+    def launch(self, callback: Any, should_stop: Any, folder: str) -> None:
+        from rgsweep import raytune
+
+        a = self.launch_args
+        payloads = make_payloads(self.todo, self.plan.spec.pack, a.get("inject_failure"), a["data"])
+        for p in payloads.values():
+            p["report_interval"] = a.get("report_interval", REPORT_INTERVAL_S)
+        if len(payloads) < len(self.todo):
+            print(packing_line(len(self.todo), len(payloads), self.plan.spec.pack), flush=True)
+        res = self.plan.spec.resources
+        resources = fit_resources({"cpu": res.cpu, "gpu": res.gpu}, raytune.cluster_resources())
+        raytune.run_trials(
+            trainable, name=folder,
+            storage_path=a.get("storage_path") or os.environ.get("RGSWEEP_STORAGE") or default_storage(self.uri),
+            resources=resources, callbacks=[callback], payloads=payloads,
+            datasets=a["data"].select(t.config for t in self.todo),
+            max_concurrent=a.get("max_concurrent") or self.plan.spec.max_concurrent, verbose=a.get("verbose", 0),
+            progress=sweep_progress(self.todo, a.get("verbose", 0)),
+            retries=self.plan.spec.retries, should_stop=should_stop,
+        )
+
+    def resume_hint(self) -> str:
+        return f"rgsweep sweep {self.plan.path} --resume" + (" --smoke" if self.plan.smoke else "")
+
+    # -- Ray callback hooks (called in the driver). A Ray trial carries one trial, or a pack of them.
     def trial_started(self, ray_id: str, payload: dict[str, Any]) -> None:
+        attempt = self.attempts[ray_id] = self.attempts.get(ray_id, 0) + 1
         runs = {}
         for name in payload["trial"].split(PACK_SEP):
             trial = self.by_name[name]
-            tags = tracking.trial_tags(trial.config, sweep=self.plan.spec.name)
+            tags = tracking.trial_tags(trial.config, sweep=self.name)
             tags["rgsweep.ray_trial_id"] = ray_id
+            if attempt > 1:
+                tags["rgsweep.attempt"] = str(attempt)
             tags.update(tracking.ui_trial_tags(trial.config, str(self.plan.path)))
             runs[name] = tracking.RunTracker.start(
                 self.client, self.exp_id, trial.name, params=trial.config.flat_params(), tags=tags,
@@ -383,33 +505,61 @@ class SweepTracker:
         if SUMMARY_KEY in result:
             summary = json.loads(result[SUMMARY_KEY])
             status, error = summary.pop("status"), summary.pop("error", None)
+            failure = {"rgsweep.failure": "trial"} if status != "finished" else {}
             tracking.annotate_trial(run, self.by_name[result["member"]].config, summary, error)
-            tracking.finish_trial(run, summary, error=error, diverged=status == "diverged")
+            tracking.finish_trial(run, summary, error=error, diverged=status == "diverged", tags=failure)
             del self.runs[ray_id][result["member"]]
         elif EPOCHS_KEY in result:  # a batch of epochs from the trial's EpochBuffer
             run.log_epochs([{k: v for k, v in m.items() if k in EPOCH_KEYS} for m in json.loads(result[EPOCHS_KEY])])
 
-    def trial_errored(self, ray_id: str, error: str) -> None:
-        for name, run in self.runs.pop(ray_id, {}).items():
-            tracking.set_note(self.client, run.run_id, tracking.describe_trial(self.by_name[name].config, {}, error))
+    def trial_retried(self, ray_id: str, error: str) -> None:
+        """The trial's worker was lost; Ray runs it again, into new runs (the lost attempt's steps stay apart)."""
+        for run in self.runs.pop(ray_id, {}).values():
+            run.set_tags({"rgsweep.stop_reason": "worker_lost", "rgsweep.error": f"retried: {error}"[-4000:]})
+            run.finish("KILLED")
             run.log_learning_curve()
+
+    def trial_errored(self, ray_id: str, error: str, infrastructure: bool = False) -> None:
+        for name, run in self.runs.pop(ray_id, {}).items():
+            if infrastructure:
+                run.set_tags({"rgsweep.failure": "infrastructure", "rgsweep.stop_reason": "worker_lost"})
+                error = (f"the trial's worker process or node was lost (infrastructure, not the trial's code) "
+                         f"after {self.plan.spec.retries} retries; a plain --resume runs it again: {error}")
+            else:
+                run.set_tags({"rgsweep.failure": "trial"})
+            tracking.set_note(self.client, run.run_id, tracking.describe_trial(self.by_name[name].config, {}, error))
             run.fail(error)
+            run.log_learning_curve()
 
     def trial_completed(self, ray_id: str) -> None:
         for run in self.runs.pop(ray_id, {}).values():  # no summary: stopped by a scheduler or interrupted
-            run.log_learning_curve()
             run.finish("KILLED")
+            run.log_learning_curve()
 
-    def close(self, interrupted: bool) -> dict[str, int]:
-        for runs in self.runs.values():  # still open: the sweep was interrupted
+    def close(self, stop: lifecycle.Stop) -> int:
+        budget = None if stop.writable else 0  # the store is down: one attempt each, then say so
+        for runs in self.runs.values():  # still open: the sweep was stopped
             for run in runs.values():
-                run.finish("KILLED")
+                run.finish("KILLED", budget=budget)
         self.runs.clear()
-        counts = self.counts()
+        if not stop.writable:
+            self.parent.finish("KILLED", budget=0)
+            return 1
+        counts = self.counts_ = self.counts()
         self.parent.log_metrics({f"n_{k}": v for k, v in counts.items()})
-        self.publish(counts, interrupted)
-        self.parent.finish("KILLED" if interrupted else ("FAILED" if counts["failed"] else "FINISHED"))
-        return counts
+        failed = counts["failed"] or counts["lost"]
+        self.parent.finish("KILLED" if stop.interrupted else
+                           ("FAILED" if failed or stop.reason == "crashed" else "FINISHED"))
+        self.publish(counts, stop.interrupted)
+        print()
+        print(results_table(self.plan, self.latest_runs()))
+        lost = f"{counts['lost']} lost (worker or node; --resume reruns them), " if counts["lost"] else ""
+        print(f"\n{counts['finished']} finished, {counts['failed']} failed, {lost}{counts['killed']} killed, "
+              f"{counts['missing']} not run, of {counts['trials']} trials")
+        print(ui_hint(self.uri, self.exp_id, self.plan.experiment))
+        if stop.interrupted or counts["killed"] or counts["missing"]:
+            return 130
+        return 1 if failed else 0
 
     def publish(self, counts: dict[str, int], interrupted: bool) -> None:
         """The sweep's own page on its parent run: description, results table, report, summary metrics."""
@@ -418,10 +568,14 @@ class SweepTracker:
         latest = self.latest_runs()
         state = "interrupted" if interrupted else "ended"
         headline = (f"Sweep `{self.plan.spec.name}` {state}: {counts['trials']} trials, {counts['finished']} "
-                    f"finished, {counts['failed']} failed, {counts['killed']} killed, {counts['missing']} not run.")
-        page.publish(self.client, self.parent.run_id, title=self.plan.spec.name, headline=headline,
-                     results_md=results_table(self.plan, latest, markdown=True),
-                     results=results_frame(self.plan, latest))
+                    f"finished, {counts['failed']} failed, {counts['lost']} lost, {counts['killed']} killed, "
+                    f"{counts['missing']} not run.")
+        try:  # written after the parent's final status: a failed upload is a warning tag, never a RUNNING run
+            page.publish(self.client, self.parent.run_id, title=self.plan.spec.name, headline=headline,
+                         results_md=results_table(self.plan, latest, markdown=True),
+                         results=results_frame(self.plan, latest))
+        except Exception as e:  # noqa: BLE001 - the sweep's numbers are in its runs either way
+            self.parent.set_tags({"rgsweep.warning.report": f"not uploaded: {tracking.first_line(e)}"}, budget=10)
 
     def latest_runs(self) -> dict[str, Any]:
         """Trial key -> its most relevant run (FINISHED wins, else the newest)."""
@@ -439,38 +593,15 @@ class SweepTracker:
 
     def counts(self) -> dict[str, int]:
         latest = self.latest_runs()
-        c = {"trials": len(self.plan.trials), "finished": 0, "failed": 0, "killed": 0, "missing": 0}
+        c = {"trials": len(self.plan.trials), "finished": 0, "failed": 0, "lost": 0, "killed": 0, "missing": 0}
         for t in self.plan.trials:
             run = latest.get(t.key)
             status = run.info.status if run else "MISSING"
-            c[{"FINISHED": "finished", "FAILED": "failed", "KILLED": "killed"}.get(status, "missing")] += 1
+            if status == "FAILED" and run.data.tags.get("rgsweep.failure") == "infrastructure":
+                status = "LOST"
+            c[{"FINISHED": "finished", "FAILED": "failed", "LOST": "lost", "KILLED": "killed"}.get(
+                status, "missing")] += 1
         return c
-
-
-EPOCH_KEYS = {"epoch", *EPOCH_SERIES}  # what the driver logs per epoch (rgsweep/metrics.py)
-
-
-class TrackerCallback:
-    """Factory for the Ray callback bound to a SweepTracker (defined lazily: Ray imports stay in raytune)."""
-
-    @staticmethod
-    def make(tracker: Any) -> Any:
-        from rgsweep import raytune
-
-        class Cb(raytune.TrackingCallback):
-            def trial_started(self, trial_id, config):
-                tracker.trial_started(trial_id, config)
-
-            def trial_result(self, trial_id, result):
-                tracker.trial_result(trial_id, result)
-
-            def trial_completed(self, trial_id):
-                tracker.trial_completed(trial_id)
-
-            def trial_errored(self, trial_id, error):
-                tracker.trial_errored(trial_id, error)
-
-        return Cb()
 
 
 # -- results table --------------------------------------------------------------------------------
@@ -522,16 +653,6 @@ def results_table(plan: Plan, latest: dict[str, Any], markdown: bool = False) ->
     return tables.to_markdown(shown) if markdown else tables.to_text(shown)
 
 
-def ui_hint(uri: str, exp_id: str, experiment: str | None = None) -> str:
-    """Where to look next: the tracking server's own address when the store is a server; for a local
-    store, the command that serves it (it prints the address, on the port it was given)."""
-    base = tracking.server_base(uri)
-    if base:
-        return f"MLflow UI: {tracking.runs_url(base, exp_id)}"
-    which = f"experiment {experiment!r}" if experiment else f"experiment {exp_id}"
-    return f"MLflow UI: `make ui` (or `rgsweep ui --tracking-uri {uri}`) prints the address of {which}"
-
-
 # -- running --------------------------------------------------------------------------------------
 def run_sweep(
     plan: Plan,
@@ -543,7 +664,7 @@ def run_sweep(
     storage_path: str | None = None,
     max_concurrent: int | None = None,
     num_cpus: int | None = None,
-    inject_failure: dict[str, int] | None = None,
+    inject_failure: dict[str, Any] | None = None,
     verbose: int = 0,
     report_interval: float = REPORT_INTERVAL_S,
     data: SweepData | None = None,
@@ -555,50 +676,16 @@ def run_sweep(
     returns them; when None they are loaded here first, before any MLflow run or Ray. Passing them lets
     a caller run the driver in stages: load the data, then (a test) move the data folder away, then
     run the trials, which get the data from the object store and open no dataset file.
-    `verbose` 1 adds Ray's status table to the progress line (then plain lines at trial ends)."""
-    from rgsweep import raytune
-
+    `verbose` 1 adds Ray's status table to the progress line (then plain lines at trial ends).
+    How the sweep starts, holds its lease and ends on every path: rgsweep/lifecycle.py."""
     if data is None:
         data = preload(t.config for t in plan.trials)
-    tracker = SweepTracker(plan, tracking_uri, resume, rerun_failed)
-    todo = tracker.open()
-    print(f"sweep {plan.spec.name!r}: {len(plan.trials)} trials, {len(todo)} to run "
-          f"(parent run {tracker.parent.run_id}, experiment {plan.experiment!r})", flush=True)
-    interrupted = False
-    if todo:
-        payloads = make_payloads(todo, plan.spec.pack, inject_failure, data)
-        for p in payloads.values():
-            p["report_interval"] = report_interval
-        if len(payloads) < len(todo):
-            print(packing_line(len(todo), len(payloads), plan.spec.pack), flush=True)
-        res = plan.spec.resources
-        storage = storage_path or os.environ.get("RGSWEEP_STORAGE") or default_storage(tracker.uri)
-        started = raytune.start_ray(ray_address, num_cpus=num_cpus)
-        resources = fit_resources({"cpu": res.cpu, "gpu": res.gpu}, raytune.cluster_resources())
-        try:
-            raytune.run_trials(
-                trainable, name=f"{plan.spec.name}-{time.strftime('%Y%m%d-%H%M%S')}",
-                storage_path=storage, resources=resources,
-                callbacks=[TrackerCallback.make(tracker)], payloads=payloads,
-                datasets=data.select(t.config for t in todo),
-                max_concurrent=max_concurrent or plan.spec.max_concurrent, verbose=verbose,
-                progress=sweep_progress(todo, verbose),
-            )
-        except KeyboardInterrupt:
-            interrupted = True
-        finally:
-            interrupted = interrupted or bool(tracker.runs)
-            raytune.stop_ray(started)
-    counts = tracker.close(interrupted)
-    latest = tracker.latest_runs()
-    print()
-    print(results_table(plan, latest))
-    print(f"\n{counts['finished']} finished, {counts['failed']} failed, {counts['killed']} killed, "
-          f"{counts['missing']} not run, of {counts['trials']} trials")
-    print(ui_hint(tracker.uri, tracker.exp_id, plan.experiment))
-    if interrupted or counts["killed"] or counts["missing"]:
-        return 130, counts
-    return (1 if counts["failed"] else 0), counts
+    tracker = SweepTracker(plan, resume, rerun_failed, launch={
+        "storage_path": storage_path, "max_concurrent": max_concurrent, "inject_failure": inject_failure,
+        "verbose": verbose, "report_interval": report_interval, "data": data,
+    })
+    code = lifecycle.live(tracker, tracking_uri=tracking_uri, ray_address=ray_address, num_cpus=num_cpus)
+    return code, tracker.counts_
 
 
 PACK_SEP = "|"  # a packed Ray trial is named by its members' names joined with this
@@ -641,53 +728,13 @@ def packing_line(n_trials: int, n_ray: int, pack: int) -> str:
     return f"packing: {n_trials} trials in {n_ray} Ray trials (pack: {pack})"
 
 
-def fit_resources(wanted: dict[str, float], cluster: dict[str, float]) -> dict[str, float]:
-    """Per-trial resources the cluster can actually grant: a sweep file written for GPU boxes
-    (gpu: 0.25) still runs on a laptop, on CPU, instead of waiting forever for a GPU."""
-    out = dict(wanted)
-    if out["gpu"] > 0 and cluster.get("GPU", 0) == 0:
-        print(f"no GPU in the Ray cluster: running trials on CPU (the sweep asked for gpu={out['gpu']})",
-              file=sys.stderr)
-        out["gpu"] = 0.0
-    out["cpu"] = min(out["cpu"], max(1.0, cluster.get("CPU", out["cpu"])))
-    return out
-
-
-def default_storage(uri: str) -> str:
-    """Ray Tune's state beside the SQLite store (mlruns/ray), else ./mlruns/ray."""
-    root = tracking.artifact_root(uri)
-    base = Path(root[len("file://"):]) if root else Path("mlruns").resolve()
-    return str(base / "ray")
-
-
-def parse_set(items: list[str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for item in items or []:
-        if "=" not in item:
-            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
-        k, v = item.split("=", 1)
-        out[k.strip().replace("-", "_")] = yaml.safe_load(v)
-    return out
-
-
-def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    """Trial keys set on the command line (`--set`, `--dataset`, `--data-dir`, `--download`)."""
-    overrides = parse_set(args.set)
-    if args.dataset:
-        overrides["dataset"] = args.dataset
-    if args.data_dir:
-        overrides["data_dir"] = args.data_dir
-    if args.download:
-        overrides["download"] = True
-    return overrides
-
-
 def cmd_sweep(args: argparse.Namespace) -> int:
     path = Path(args.file)
     spec = load_spec(path)
     overrides = overrides_from_args(args)
     seeds = seeds_override(args.seeds, overrides)
-    plan = expand(spec, path, overrides, smoke=args.smoke, seeds=seeds)
+    plan = expand(spec, path, overrides, smoke=args.smoke, seeds=seeds,
+                  baseline=Path(args.baseline) if args.baseline else None)
     if args.cpus_per_trial or args.gpus_per_trial is not None:
         try:
             plan.spec.resources = Resources(
@@ -706,16 +753,21 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         for t in plan.trials:
             print(f"{t.name:<48} {t.key}  " + " ".join(f"{k}={_fmt_value(v)}" for k, v in t.swept.items()))
         print(f"{len(plan.trials)} trials (experiment {plan.experiment!r}, swept: {', '.join(plan.swept_keys)})")
+        for note in plan.notes:
+            print(note)
+        if plan.baseline:
+            print(f"baseline: {plan.baseline}")
         if plan.spec.pack > 1:
             print(packing_line(len(plan.trials), len(make_payloads(plan.trials, plan.spec.pack)), plan.spec.pack))
         return 0
+    lifecycle.check_store(args.tracking_uri)  # an unreachable store fails first, in seconds
     # Every dataset resolved from here, downloaded, checked and decoded once, with or without a cluster:
     # a missing one fails here (exit 2), before Ray starts and before any run exists.
     data = preload(t.config for t in plan.trials)
     code, _ = run_sweep(
         plan, tracking_uri=args.tracking_uri, resume=args.resume, rerun_failed=args.rerun_failed,
         ray_address=args.ray_address, storage_path=args.storage_path, max_concurrent=args.max_concurrent,
-        num_cpus=args.num_cpus, data=data, verbose=int(args.verbose),
+        num_cpus=args.num_cpus, data=data, verbose=int(args.verbose), inject_failure=faults_from_env(),
     )
     return code
 
@@ -735,20 +787,6 @@ def seeds_override(flag: str | None, overrides: dict[str, Any]) -> list[int] | N
     return seeds
 
 
-def add_run_args(p: argparse.ArgumentParser) -> None:
-    """Options shared by `rgsweep sweep` and `rgsweep tune`: data overrides, Ray, MLflow."""
-    p.add_argument("--dataset", help="override the dataset of every trial")
-    p.add_argument("--data-dir", help="override the data dir of every trial (relative to the current directory)")
-    p.add_argument("--download", action="store_true", help="allow downloading the dataset")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a base trial key (repeatable)")
-    p.add_argument("--ray-address", help="join this Ray cluster (default $RAY_ADDRESS, else a local instance)")
-    p.add_argument("--storage-path", help="Ray Tune state (default mlruns/ray beside the store; s3://... for clusters)")
-    p.add_argument("--max-concurrent", type=int, help="cap on trials running at once")
-    p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance (default: all)")
-    p.add_argument("--tracking-uri", help="MLflow store (default $MLFLOW_TRACKING_URI or sqlite:///mlruns/mlflow.db)")
-    p.add_argument("--verbose", action="store_true", help="also print Ray's status table (default: one progress line)")
-
-
 def register(sub: Any) -> None:
     p = sub.add_parser("sweep", help="run a grid sweep file on Ray Tune, every trial an MLflow run")
     p.add_argument("file", help="sweep file (sweeps/*.yaml)")
@@ -759,6 +797,8 @@ def register(sub: Any) -> None:
     p.add_argument("--cpus-per-trial", type=float, help="override resources.cpu")
     p.add_argument("--gpus-per-trial", type=float, help="override resources.gpu (fractions share a GPU)")
     p.add_argument("--pack", type=int, help="override pack: train up to this many compatible trials together")
+    p.add_argument("--baseline", help="baseline file to start from instead of the file's `baseline:` "
+                   "(e.g. mlruns/baselines/tune-demo.yaml, written by `rgsweep tune`)")
     p.add_argument("--seeds", metavar="S,S,...", help="override seeds, e.g. 0,1,2 (also --set seeds=[0,1,2]): "
                                                      "results are then shown as mean ± std over them")
     add_run_args(p)

@@ -18,15 +18,19 @@ from __future__ import annotations
 import functools
 import getpass
 import json
+import logging
 import math
 import os
+import re
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import requests
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
@@ -41,10 +45,15 @@ T = TypeVar("T")
 
 
 # -- store ----------------------------------------------------------------------------------------
+def given_uri(uri: str | None = None) -> str:
+    """The store as the user gave it: flag > $MLFLOW_TRACKING_URI > the default (relative paths kept)."""
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
 def resolve_tracking_uri(uri: str | None = None) -> str:
     """Flag > $MLFLOW_TRACKING_URI > ./mlruns/mlflow.db. Relative SQLite paths become absolute so that
     processes started elsewhere (Ray workers, notebooks) open the same file."""
-    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    uri = given_uri(uri)
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         path = Path(uri[len("sqlite:///") :]).resolve()
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -66,18 +75,94 @@ def artifact_root(uri: str) -> str | None:
     return None
 
 
-def retry(fn: Callable[[], T], attempts: int = 8) -> T:
-    """Retry a store call on transient SQLite contention ('database is locked'): nothing may be lost."""
-    delay = 0.05
-    for i in range(attempts):
+# -- store errors ---------------------------------------------------------------------------------
+# A store call that fails with a transient error (SQLite "database is locked" or "disk I/O error", a
+# server that is down, restarting or overloaded) is retried with backoff for up to STORE_RETRY_S
+# seconds, reads as well as writes; then StoreError (one line) tells the caller the store is down.
+# Errors that say our request was wrong (bad parameter, no such run) are raised at once: retrying
+# would not help. MLflow's own HTTP retries (7, ~4 minutes by default) are cut to one attempt of at
+# most HTTP_TIMEOUT_S, so the budget here is the only one (a user's MLFLOW_HTTP_* settings still win).
+STORE_RETRY_S = 120.0
+HTTP_TIMEOUT_S = 30
+_PERMANENT = {"INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "RESOURCE_ALREADY_EXISTS",
+              "INVALID_STATE", "PERMISSION_DENIED", "UNAUTHENTICATED", "ENDPOINT_NOT_FOUND", "NOT_FOUND"}
+
+
+class StoreError(RuntimeError):
+    """The tracking store stayed unavailable for the whole retry budget (message: one line)."""
+
+
+def retry_budget() -> float:
+    """Seconds a failing store call is retried ($RGSWEEP_STORE_RETRY_S, default 120)."""
+    return float(os.environ.get("RGSWEEP_STORE_RETRY_S", STORE_RETRY_S))
+
+
+def transient(e: BaseException) -> bool:
+    """Worth retrying: the store failed, not our request. A local file error (an artifact location
+    that is not writable) is not: it would fail the same way for the whole budget."""
+    if isinstance(e, MlflowException):
+        return e.error_code not in _PERMANENT
+    return isinstance(e, (ConnectionError, TimeoutError, requests.exceptions.RequestException))
+
+
+def first_line(e: BaseException) -> str:
+    """The gist of a store error on one line: an OS error's own words when there is one (a refused
+    connection, a read-only file) rather than the client's wrapping of it."""
+    text = str(e).strip() or type(e).__name__
+    gist = re.search(r"\[Errno -?\d+\] [^\"'\)\]]+|(Read|Connect) timed out\.( \([a-z]+ timeout=[\d.]+\))?", text)
+    if gist:
+        return gist.group(0).strip()
+    return text.splitlines()[0][:200]
+
+
+_outage: dict[str, float] = {}  # "since": when the current outage began (monotonic), while one lasts
+
+
+def _announce(e: BaseException, budget: float) -> None:
+    if "since" not in _outage:
+        _outage["since"] = time.monotonic()
+        print(f"tracking store unavailable ({first_line(e)}); retrying for up to {budget:.0f} s", file=sys.stderr,
+              flush=True)
+
+
+def _recovered() -> None:
+    since = _outage.pop("since", None)
+    if since is not None:
+        print(f"tracking store back after {time.monotonic() - since:.0f} s", file=sys.stderr, flush=True)
+
+
+def retry(fn: Callable[[], T], budget: float | None = None, quiet: bool = False) -> T:
+    """`fn()`, retried with backoff while the store fails transiently, for at most `budget` seconds
+    (default `retry_budget()`); raises StoreError when the store stays down. Nothing may be lost, so
+    every store call of a sweep goes through here."""
+    budget = retry_budget() if budget is None else budget
+    deadline: float | None = None
+    delay = 0.1
+    while True:
         try:
-            return fn()
-        except MlflowException as e:
-            if "locked" not in str(e).lower() or i == attempts - 1:
+            out = fn()
+        except Exception as e:  # noqa: BLE001 - classified just below
+            if not transient(e):
                 raise
-            time.sleep(delay)
-            delay *= 2
-    raise AssertionError("unreachable")
+            now = time.monotonic()
+            if deadline is None:
+                deadline = now + budget
+                if budget > 0 and not quiet:
+                    _announce(e, budget)
+            if now >= deadline:
+                raise StoreError(f"the tracking store failed: {first_line(e)} (retried for {budget:.0f} s)") from e
+            time.sleep(min(delay, deadline - now))
+            delay = min(delay * 2, 5.0)
+        else:
+            if deadline is not None:
+                _recovered()
+            return out
+
+
+def bound_http_client() -> None:
+    """MLflow's HTTP client retries a dead server for minutes by default; one attempt per call here."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(HTTP_TIMEOUT_S))
 
 
 _clients: dict[str, MlflowClient] = {}
@@ -88,27 +173,96 @@ def get_client(uri: str | None = None) -> MlflowClient:
     callers that fan out (sweeps) call this once in the driver before any trial starts."""
     uri = resolve_tracking_uri(uri)
     if uri not in _clients:
+        bound_http_client()
+        # MLflow logs a full SQLAlchemy traceback for every locked SQLite call; retry() says it in one line.
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
         client = MlflowClient(tracking_uri=uri)
         retry(lambda: client.search_experiments(max_results=1))  # runs migrations once, here
         _clients[uri] = client
     return _clients[uri]
 
 
+CHECK_TIMEOUT_S = 3  # per request while checking: with the retries below, a check ends within ~13 s
+
+
+def check_store(uri: str | None = None) -> MlflowClient:
+    """The store, reachable, or StoreError at once (within ~15 s): a sweep checks this before it
+    starts Ray, so a server that is down costs seconds and one line, not minutes and a traceback."""
+    resolved = resolve_tracking_uri(uri)
+    if resolved in _clients:
+        return _clients[resolved]
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(CHECK_TIMEOUT_S)
+    try:
+        probe = MlflowClient(tracking_uri=resolved)
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
+        retry(lambda: probe.search_experiments(max_results=1), budget=8, quiet=True)
+    except StoreError as e:
+        raise StoreError(f"tracking store {resolved} is unreachable: {first_line(e.__cause__ or e)}") from None
+    except MlflowException as e:
+        raise StoreError(f"tracking store {resolved}: {first_line(e)}") from None
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return get_client(resolved)
+
+
 def get_experiment_id(client: MlflowClient, name: str) -> str:
-    exp = client.get_experiment_by_name(name)
+    exp = retry(lambda: client.get_experiment_by_name(name))
     if exp is not None:
         if exp.lifecycle_stage == "deleted":
-            client.restore_experiment(exp.experiment_id)
+            retry(lambda: client.restore_experiment(exp.experiment_id))
         return exp.experiment_id
     root = artifact_root(client.tracking_uri)
-    location = f"{root}/{name}" if root else None
+    location = f"{root}/{safe_name(name)}" if root else None
     try:
-        return client.create_experiment(name, artifact_location=location)
+        return retry(lambda: client.create_experiment(name, artifact_location=location))
     except MlflowException:  # created concurrently by another process
-        exp = client.get_experiment_by_name(name)
+        exp = retry(lambda: client.get_experiment_by_name(name))
         if exp is None:
             raise
         return exp.experiment_id
+
+
+def safe_name(name: str) -> str:
+    """A name as one path component: experiment names may hold '/', spaces, quotes, '..'."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip(".") or "_"
+
+
+def quote(value: str) -> str | None:
+    """`value` as a filter-string literal, or None when MLflow's parser cannot take it (it has no escape
+    for a string holding both quote kinds); `search_tagged` then matches by LIKE and checks exactly."""
+    if "'" not in value:
+        return f"'{value}'"
+    if '"' not in value:
+        return f'"{value}"'
+    return None
+
+
+def search_tagged(
+    client: MlflowClient, experiment_ids: list[str], tags: dict[str, str], order_by: list[str] | None = None,
+    max_results: int | None = None,
+) -> list[Any]:
+    """Runs whose tags equal `tags` exactly, however the values are quoted; reads retried, all pages."""
+    clauses = []
+    for k, v in tags.items():
+        q = quote(v)
+        like = v.replace("'", "_").replace('"', "_")  # `_` matches any one character
+        clauses.append(f"tags.`{k}` = {q}" if q else f"tags.`{k}` LIKE '{like}'")
+    runs: list[Any] = []
+    token = None
+    while True:
+        page = retry(lambda t=token: client.search_runs(
+            experiment_ids, " and ".join(clauses), order_by=order_by, max_results=1000, page_token=t))
+        runs += [r for r in page if all(r.data.tags.get(k) == v for k, v in tags.items())]
+        token = page.token
+        if not token or (max_results and len(runs) >= max_results):
+            break
+    return runs[:max_results] if max_results else runs
 
 
 # -- environment ----------------------------------------------------------------------------------
@@ -175,10 +329,10 @@ class RunTracker:
         for i in range(0, len(items), 100):  # MLflow caps a batch at 100 params
             retry(lambda chunk=items[i : i + 100]: self.client.log_batch(self.run_id, params=chunk))
 
-    def set_tags(self, tags: dict[str, Any]) -> None:
+    def set_tags(self, tags: dict[str, Any], budget: float | None = None) -> None:
         if tags:
             batch = [RunTag(k, str(v)[:5000]) for k, v in tags.items()]
-            retry(lambda: self.client.log_batch(self.run_id, tags=batch))
+            retry(lambda: self.client.log_batch(self.run_id, tags=batch), budget=budget)
 
     def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
         """All keys in one call (one ~9 ms round trip instead of one per key)."""
@@ -207,17 +361,30 @@ class RunTracker:
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         retry(lambda: self.client.log_artifact(self.run_id, str(path), artifact_path))
 
+    def try_artifact(self, what: str, write: Callable[[Path], None], budget: float = 10.0) -> bool:
+        """Upload a file that `write(path)` draws, but never let it cost the run: any failure (drawing,
+        an unwritable artifact location, a server that is down) becomes tag `rgsweep.warning.<what>`.
+        Called after the run's status is final, so a failed upload never leaves a run RUNNING."""
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / what
+                write(path)
+                retry(lambda: self.client.log_artifact(self.run_id, str(path)), budget=budget)
+            return True
+        except Exception as e:  # noqa: BLE001 - whatever broke, the run's numbers and status are kept
+            try:
+                self.set_tags({f"{TAG}warning.{what}": f"not uploaded: {first_line(e)}"}, budget=budget)
+            except Exception:  # noqa: BLE001 - the store is down too: the run is already terminal
+                pass
+            return False
+
     def log_learning_curve(self, history: list[dict[str, float]] | None = None) -> None:
         history = history if history is not None else self.history
-        if not history:
-            return
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "learning_curve.png"
-            plot_learning_curve(history, path, self.title)
-            self.log_artifact(path)
+        if history:
+            self.try_artifact("learning_curve.png", lambda path: plot_learning_curve(history, path, self.title))
 
-    def finish(self, status: str = "FINISHED") -> None:
-        retry(lambda: self.client.set_terminated(self.run_id, status=status))
+    def finish(self, status: str = "FINISHED", budget: float | None = None) -> None:
+        retry(lambda: self.client.set_terminated(self.run_id, status=status), budget=budget)
 
     def fail(self, error: str, diverged: bool = False) -> None:
         tags: dict[str, Any] = {TAG + "error": error[-4000:]}
@@ -279,9 +446,8 @@ def search_children(
     runs: list[Any] = []
     token = None
     while True:
-        page = client.search_runs(
-            [experiment_id], " and ".join(filt), max_results=1000, page_token=token
-        )
+        page = retry(lambda t=token: client.search_runs(
+            [experiment_id], " and ".join(filt), max_results=1000, page_token=t))
         runs.extend(page)
         token = page.token
         if not token:
@@ -336,16 +502,17 @@ def info_tags(summary: dict[str, Any]) -> dict[str, str]:
 
 
 def finish_trial(tracker: RunTracker, summary: dict[str, Any], error: str | None = None,
-                 diverged: bool = False) -> None:
-    """Summary metrics, info tags, the learning curve, then the final status. The `final_*` copies of the
-    series' last values stay out (rgsweep/metrics.py says why)."""
-    tracker.set_tags(info_tags(summary))
+                 diverged: bool = False, tags: dict[str, Any] | None = None) -> None:
+    """Summary metrics, info tags, the final status, then the learning curve: the status is written
+    before any artifact, so a failed upload (a warning tag) never leaves a finished trial RUNNING. The
+    `final_*` copies of the series' last values stay out (rgsweep/metrics.py says why)."""
+    tracker.set_tags({**info_tags(summary), **(tags or {})})
     tracker.log_metrics({k: v for k, v in summary.items() if k != "last_epoch" and k not in FINAL_FROM_SERIES})
-    tracker.log_learning_curve()
     if error is not None or diverged:
         tracker.fail(error or "diverged: training loss is not finite", diverged=diverged)
     else:
         tracker.finish("FINISHED")
+    tracker.log_learning_curve()
 
 
 # -- the UI: what MLflow 3.17's UI reads, set by rgsweep ------------------------------------------
@@ -485,3 +652,33 @@ def runs_url(base: str, experiment_id: str) -> str:
     of traces; the runs tab plus `workflowType=machine_learning` (read by the UI's router, after the `#`)
     opens the runs table with the training navigation."""
     return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
+# -- the lease: which driver owns a sweep ---------------------------------------------------------
+# Tags on the parent run (see rgsweep/lifecycle.py for the rules): who holds it, where, and when it
+# last said it was alive. Written and read here, like every other MLflow call.
+LEASE_KEYS = ("holder", "host", "pid", "heartbeat", "state")
+
+
+def lease_tags(lease: dict[str, Any]) -> dict[str, str]:
+    return {f"{TAG}lease.{k}": str(lease[k]) for k in LEASE_KEYS if k in lease}
+
+
+def read_lease(client: MlflowClient, run_id: str, budget: float | None = None) -> dict[str, str]:
+    tags = retry(lambda: client.get_run(run_id), budget=budget).data.tags
+    return {k: tags[f"{TAG}lease.{k}"] for k in LEASE_KEYS if f"{TAG}lease.{k}" in tags}
+
+
+def write_lease(client: MlflowClient, run_id: str, lease: dict[str, Any], budget: float | None = None) -> None:
+    RunTracker(client, run_id).set_tags(lease_tags(lease), budget=budget)
+
+
+def latest_parent(client: MlflowClient, experiment_id: str, tags: dict[str, str]) -> Any | None:
+    """The newest parent run with these tags (a sweep's or a study's), or None."""
+    runs = search_tagged(client, [experiment_id], tags, order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0] if runs else None
+
+
+def reopen(client: MlflowClient, run_id: str) -> RunTracker:
+    retry(lambda: client.update_run(run_id, status="RUNNING"))
+    return RunTracker(client, run_id)

@@ -42,11 +42,15 @@ MLflow (every write in this driver process, as for grid sweeps):
   optuna.state=pruned and rgsweep.stop_reason=pruned (KILLED is kept for interrupted trials);
   a diverged or crashed trial is FAILED with optuna.state=failed. No run is left RUNNING.
 
-Hand-off: the best trial's values of the searched keys are written to
-`<tuning file dir>/baselines/<name>.yaml` (`--baseline-out` to change) as
-`{name, source: {study, storage, best_value, n_trials, trial_number, date}, params: {...}}`; a grid
-sweep file that says `baseline: baselines/<name>.yaml` starts every trial from those values (its own
-`base` and grid keys override them).
+Hand-off: the best trial's values of the searched keys are written to `baselines/<name>.yaml` beside the
+MLflow store (mlruns/baselines/ by default, never the sources: `make tune` leaves git clean;
+`--baseline-out` to change) as `{name, source: {study, storage, best_value, n_trials, trial_number,
+date}, params: {...}}`, with the storage and tuning file as the user gave them (no machine's absolute
+paths). A grid sweep file that says `baseline: <path>` starts every trial from those values (its own
+`base` and grid keys override them); `rgsweep sweep FILE --baseline <path>` does the same for one run.
+
+How the study starts, holds its lease (a second driver is refused before any trial is marked FAIL)
+and ends on every path is rgsweep/lifecycle.py's job, shared with grid sweeps.
 """
 
 from __future__ import annotations
@@ -56,8 +60,8 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
+import traceback
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -67,16 +71,14 @@ import optuna
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from rgsweep import tracking
+from rgsweep import lifecycle, tracking
 from rgsweep.config import ConfigError, TrialConfig, load_yaml, make_config
-from rgsweep.preload import SweepData, preload
-from rgsweep.progress import Progress
-from rgsweep.sweep import (
+from rgsweep.lifecycle import (
+    DEFAULT_RETRIES,
     DEFAULT_SMOKE,
     EPOCH_KEYS,
     SUMMARY_KEY,
     Resources,
-    TrackerCallback,
     add_run_args,
     default_storage,
     fit_resources,
@@ -84,6 +86,8 @@ from rgsweep.sweep import (
     trial_cost,
     ui_hint,
 )
+from rgsweep.preload import SweepData, preload
+from rgsweep.progress import Progress
 
 FAILED_KEY = "rgsweep_failed"  # set on a trial's summary result when it diverged (Optuna: FAIL)
 DEFAULT_VAL_FRACTION = 0.1
@@ -210,6 +214,7 @@ class TuningSpec(BaseModel):
     max_concurrent: int | None = Field(None, ge=1)
     resources: Resources = Field(default_factory=Resources)
     pruning: Pruning = Field(default_factory=Pruning)
+    retries: int = Field(DEFAULT_RETRIES, ge=0, le=100)  # a trial whose worker or node is lost is run again
     seed: int = Field(0, ge=0)
     startup_trials: int = Field(10, ge=0)
     smoke: dict[str, Any] = Field(default_factory=dict)
@@ -305,8 +310,14 @@ def plan_tuning(
         extra = dict(spec.smoke)
         trials = int(extra.pop("n_trials", 2))
         base.update({**DEFAULT_SMOKE, **extra})
+    searched = sorted(set(overrides or {}) & set(spec.space))
+    if searched:
+        k = searched[0]
+        raise ConfigError(f"command line sets {k!r}, which the study searches (space.{k}): Optuna's value would "
+                          f"replace it in every trial; remove {k} from space in {path}, or do not set it")
     base.update(overrides or {})
     cfg = make_config(base, where=f"{path} (base)")
+
     if cfg.val_fraction <= 0:
         raise ConfigError(f"invalid tuning file {path}: base.val_fraction must be > 0 (got {cfg.val_fraction}): "
                           "the objective is measured on a validation split held out from the clean training set, "
@@ -328,7 +339,8 @@ def plan_tuning(
                                   f"{cfg.epochs} (ASHA's first rung must come before the last epoch)")
             grace = cfg.epochs - 1
     study = f"{spec.name}-smoke" if smoke else spec.name
-    return TuningPlan(spec, path, cfg, study, spec.experiment or spec.name, trials, grace, smoke)
+    experiment = spec.experiment or spec.name
+    return TuningPlan(spec, path, cfg, study, f"{experiment}-smoke" if smoke else experiment, trials, grace, smoke)
 
 
 # -- the trainable (runs on a Ray worker) ---------------------------------------------------------
@@ -356,30 +368,46 @@ def trainable(config: dict[str, Any], base: dict[str, Any], datasets: dict[str, 
         last.update(metrics)
         raytune.report(metrics)
 
+    # An error raised by the trial's own code is its outcome (FAIL), never raised to Ray: what Ray sees
+    # fail is then a lost process or node, which FailureConfig retries.
     try:
         summary, status = train(cfg, report, dataset=dataset), "complete"
     except DivergedError as e:
         summary, status = e.summary, "diverged"
+    except Exception as e:  # noqa: BLE001
+        summary, status = {"error": "".join(traceback.format_exception(e))[-4000:]}, "failed"
     summary.pop("last_epoch", None)
     summary["data_fetch_s"] = fetch_s
     summary.update(trial_cost(cfg.device, time.monotonic() - started, granted))
     # The last epoch's numbers ride along: Optuna's value is this result's val_acc (that epoch's).
-    raytune.report({**last, FAILED_KEY: status == "diverged",
+    raytune.report({**last, FAILED_KEY: status != "complete",
                     SUMMARY_KEY: json.dumps({"status": status, "ray_node": raytune.node_id(), **summary},
                                             default=str)})
 
 
 # -- MLflow from the driver -----------------------------------------------------------------------
 class StudyTracker:
-    """The study's parent run and a child run per Optuna trial; every write happens in the driver."""
+    """The study's parent run and a child run per Optuna trial; every write happens in the driver. It is
+    the study's lifecycle job (see lifecycle.Job): find_parent, open, launch, the Ray hooks, close."""
 
-    def __init__(self, plan: TuningPlan, tracking_uri: str | None, storage_url: str):
+    command = "tune"
+
+    def __init__(self, plan: TuningPlan, storage_url: str, resume: bool = False, restart: bool = False,
+                 launch: dict[str, Any] | None = None, baseline_out: str | Path | None = None):
         self.plan = plan
-        self.client = tracking.get_client(tracking_uri)
-        self.uri = self.client.tracking_uri
-        self.exp_id = tracking.get_experiment_id(self.client, plan.experiment)
-        self.storage_url = storage_url
+        self.name = plan.study
+        self.storage_url = storage_url  # as the user gave it (recorded so); opened resolved
+        self.storage = open_storage(storage_url)
+        self.resume = resume and not plan.smoke  # a smoke study is throwaway: always a new one
+        self.restart = restart
+        self.launch_args = launch or {}
+        self.baseline_out = baseline_out
+        self.client: Any = None
+        self.uri = ""
+        self.exp_id = ""
         self.parent: tracking.RunTracker | None = None
+        self.n_before = 0
+        self.searcher: Any = None
         self.runs: dict[str, tracking.RunTracker] = {}  # Ray trial id -> open child run
         self.configs: dict[str, TrialConfig] = {}  # Ray trial id -> its config (for its description)
         self.started: dict[str, float] = {}  # Ray trial id -> when it started (a pruned trial's cost)
@@ -388,45 +416,99 @@ class StudyTracker:
         self.last_epoch: dict[str, int] = {}
         self.trial_number: Any = lambda ray_id: None  # set to the searcher's lookup before trials start
         self.base = plan.base.model_dump()
+        self.stats: dict[str, Any] = {}
 
-    def _latest_parent(self) -> Any | None:
-        runs = self.client.search_runs(
-            [self.exp_id], f"tags.`rgsweep.kind` = 'tune' and tags.`optuna.study` = '{self.plan.study}'",
-            order_by=["attributes.start_time DESC"], max_results=1,
-        )
-        return runs[0] if runs else None
+    # -- the lifecycle job
+    def find_parent(self, client: Any) -> Any | None:
+        self.client = client
+        self.uri = client.tracking_uri
+        self.exp_id = tracking.get_experiment_id(client, self.plan.experiment)
+        return tracking.latest_parent(client, self.exp_id, {"rgsweep.kind": "tune", "optuna.study": self.plan.study})
 
-    def open(self, resume: bool) -> None:
-        parent = self._latest_parent() if resume else None
-        if parent is not None:
-            self.parent = tracking.RunTracker(self.client, parent.info.run_id)
-            tracking.retry(lambda: self.client.update_run(parent.info.run_id, status="RUNNING"))
-            for run in tracking.search_children(self.client, self.exp_id, parent.info.run_id, statuses=["RUNNING"]):
-                stale = tracking.RunTracker(self.client, run.info.run_id)  # its driver died
-                stale.set_tags({"optuna.state": "failed"})
-                stale.finish("KILLED")
-            return
-        spec = self.plan.spec
-        params = {f"space.{k}": p.describe() for k, p in self.plan.space.items()}
+    def open(self, lease: lifecycle.Lease) -> bool:
+        """Prepare the study and the parent run under `lease`. A live driver of this study was refused
+        before this point, so ending a dead driver's RUNNING trials as FAIL touches nobody's work."""
+        parent = self.find_parent(self.client)
+        if parent is not None and (self.resume or parent.info.status == "RUNNING"):
+            lease.take(f"tune {self.name!r}", parent)
+            self.close_dead(parent.info.run_id)
+            if not self.resume:  # a dead driver's parent, not resumed
+                tracking.RunTracker(self.client, parent.info.run_id).finish("KILLED")
+        self.n_before = prepare_study(self.plan, self.storage, self.storage_url, self.resume, self.restart)
+        if parent is not None and self.resume:
+            self.parent = tracking.reopen(self.client, parent.info.run_id)
+        else:
+            self.parent = self.start_parent(lease)
+        print(f"tune {self.plan.study!r}: {self.plan.n_trials} trials to add to a study of {self.n_before} "
+              f"(objective {self.plan.metric} {self.plan.mode}, pruning rungs {self.plan.rungs() or 'off'}; "
+              f"parent run {self.parent.run_id}, experiment {self.plan.experiment!r}; storage {self.storage_url})",
+              flush=True)
+        return True
+
+    def start_parent(self, lease: lifecycle.Lease) -> tracking.RunTracker:
+        spec, plan = self.plan.spec, self.plan
+        params = {f"space.{k}": p.describe() for k, p in plan.space.items()}
         params.update({
-            "objective": f"{self.plan.metric} ({self.plan.mode})",
-            "pruning": (f"asha grace_period={self.plan.grace_period} reduction_factor={spec.pruning.reduction_factor:g}"
-                        f" rungs={self.plan.rungs()}" if self.plan.grace_period else "none"),
+            "objective": f"{plan.metric} ({plan.mode})",
+            "pruning": (f"asha grace_period={plan.grace_period} reduction_factor={spec.pruning.reduction_factor:g}"
+                        f" rungs={plan.rungs()}" if plan.grace_period else "none"),
             "sampler": f"tpe seed={spec.seed} startup_trials={spec.startup_trials}",
-            "tuning_file": str(self.plan.path), "study": self.plan.study, "storage": self.storage_url,
+            "tuning_file": str(plan.path), "study": plan.study, "storage": self.storage_url,
         })
-        tags = {"rgsweep.kind": "tune", "rgsweep.sweep": spec.name, "rgsweep.swept": ",".join(self.plan.space),
-                "rgsweep.git_commit": tracking.git_commit(), "optuna.study": self.plan.study,
-                "optuna.storage": self.storage_url, **tracking.source_tags(str(self.plan.path)),
+        tags = {"rgsweep.kind": "tune", "rgsweep.sweep": spec.name, "rgsweep.swept": ",".join(plan.space),
+                "rgsweep.git_commit": tracking.git_commit(), "optuna.study": plan.study,
+                "optuna.storage": self.storage_url, **lease.tags(), **tracking.source_tags(str(plan.path)),
                 "mlflow.runColor": tracking.PARENT_COLOR,
-                tracking.NOTE: f"Study `{self.plan.study}` running: {self.plan.n_trials} trials to add. "
+                tracking.NOTE: f"Study `{plan.study}` running: {plan.n_trials} trials to add. "
                                "The results table and figures appear here when it ends."}
-        self.parent = tracking.RunTracker.start(self.client, self.exp_id, f"tune-{self.plan.study}",
-                                                params=params, tags=tags)
-        self.parent.log_artifact(self.plan.path)
+        if plan.smoke:
+            tags["rgsweep.smoke"] = "true"
+        parent = tracking.RunTracker.start(self.client, self.exp_id, f"tune-{plan.study}", params=params, tags=tags)
+        lease.hold(parent.run_id)
+        parent.try_artifact(plan.path.name, lambda path: path.write_bytes(plan.path.read_bytes()))
         tracking.set_experiment_note(self.client, self.exp_id, spec.description)
+        return parent
 
-    # Ray callback hooks (called in the driver)
+    def close_dead(self, parent_id: str) -> None:
+        for run in tracking.search_children(self.client, self.exp_id, parent_id, statuses=["RUNNING"]):
+            stale = tracking.RunTracker(self.client, run.info.run_id)  # its driver died
+            stale.set_tags({"optuna.state": "failed", "rgsweep.stop_reason": "driver_lost"})
+            stale.finish("KILLED")
+
+    def launch(self, callback: Any, should_stop: Any, folder: str) -> None:
+        from rgsweep import raytune
+
+        plan, a = self.plan, self.launch_args
+        # A resumed study gets a new sampler seed: the same seed would replay the same random startup trials.
+        sampler = optuna.samplers.TPESampler(seed=plan.spec.seed + self.n_before,
+                                             n_startup_trials=plan.spec.startup_trials)
+        self.searcher = raytune.OptunaSearcher(
+            space=plan.distributions(), metric=plan.metric, mode=plan.mode, sampler=sampler,
+            study_name=plan.study, storage=self.storage, step_key="epoch", final_key=SUMMARY_KEY,
+            failed_key=FAILED_KEY,
+        )
+        self.trial_number = self.searcher.trial_number
+        scheduler = None
+        if plan.grace_period:
+            scheduler = raytune.asha(plan.metric, plan.mode, plan.base.epochs, plan.grace_period,
+                                     plan.spec.pruning.reduction_factor)
+        res = plan.spec.resources
+        resources = self.resources = fit_resources({"cpu": res.cpu, "gpu": res.gpu}, raytune.cluster_resources())
+        raytune.run_trials(
+            trainable, name=folder,
+            storage_path=a.get("storage_path") or os.environ.get("RGSWEEP_STORAGE") or default_storage(self.uri),
+            resources=resources, callbacks=[callback], search_alg=self.searcher, scheduler=scheduler,
+            num_samples=plan.n_trials, max_concurrent=a.get("max_concurrent") or plan.spec.max_concurrent,
+            parameters={"base": self.base}, parameter_columns=list(plan.space), verbose=a.get("verbose", 0),
+            datasets=a["data"].select([plan.base]),
+            progress=tune_progress(plan, self.searcher.trial_number, a.get("verbose", 0)),
+            retries=plan.spec.retries, should_stop=should_stop,
+        )
+
+    def resume_hint(self) -> str:
+        return f"rgsweep tune {self.plan.path} --resume"
+
+    # -- Ray callback hooks (called in the driver)
     def trial_started(self, ray_id: str, params: dict[str, Any]) -> None:
         cfg = trial_config(self.base, params)
         number = self.trial_number(ray_id)
@@ -448,11 +530,12 @@ class StudyTracker:
             return
         if SUMMARY_KEY in result:
             summary = json.loads(result[SUMMARY_KEY])
-            diverged = summary.pop("status") == "diverged"
-            run.set_tags({"optuna.state": "failed" if diverged else "complete"})
-            tracking.annotate_trial(run, self.configs[ray_id], summary)
+            status, error = summary.pop("status"), summary.pop("error", None)
+            run.set_tags({"optuna.state": "complete" if status == "complete" else "failed"})
+            failure = {"rgsweep.failure": "trial"} if status != "complete" else {}
+            tracking.annotate_trial(run, self.configs[ray_id], summary, error)
             self.device_kind = summary.get("device_kind", self.device_kind)
-            tracking.finish_trial(run, summary, diverged=diverged)
+            tracking.finish_trial(run, summary, error=error, diverged=status == "diverged", tags=failure)
             del self.runs[ray_id]
         elif "epoch" in result:
             run.log_epoch({k: result[k] for k in result if k in EPOCH_KEYS})
@@ -473,34 +556,69 @@ class StudyTracker:
                          "device_s": (time.monotonic() - self.started.get(ray_id, time.monotonic())) * share})
         tracking.set_note(self.client, run.run_id, f"{tracking.condition(self.configs[ray_id])}: pruned by ASHA "
                                                    f"after epoch {self.last_epoch.get(ray_id, 0)}")
-        run.log_learning_curve()
         run.finish("FINISHED")
+        run.log_learning_curve()
 
-    def trial_errored(self, ray_id: str, error: str) -> None:
+    def trial_retried(self, ray_id: str, error: str) -> None:
+        """The trial's worker was lost; Ray runs the same Optuna trial again, into a new run."""
         run = self.runs.pop(ray_id, None)
         if run is not None:
-            run.set_tags({"optuna.state": "failed"})
-            tracking.set_note(self.client, run.run_id, tracking.describe_trial(self.configs[ray_id], {}, error))
-            run.log_learning_curve()
-            run.fail(error)
-
-    def close(self, study: optuna.Study | None, interrupted: bool) -> dict[str, Any]:
-        for run in self.runs.values():  # still open: the run was interrupted
-            run.set_tags({"optuna.state": "failed"})
+            run.set_tags({"rgsweep.stop_reason": "worker_lost", "rgsweep.error": f"retried: {error}"[-4000:]})
             run.finish("KILLED")
+            run.log_learning_curve()
+
+    def trial_errored(self, ray_id: str, error: str, infrastructure: bool = False) -> None:
+        run = self.runs.pop(ray_id, None)
+        if run is not None:
+            kind = "infrastructure" if infrastructure else "trial"
+            run.set_tags({"optuna.state": "failed", "rgsweep.failure": kind})
+            tracking.set_note(self.client, run.run_id, tracking.describe_trial(self.configs[ray_id], {}, error))
+            run.fail(error)
+            run.log_learning_curve()
+
+    def close(self, stop: lifecycle.Stop) -> int:
+        budget = None if stop.writable else 0
+        for run in self.runs.values():  # still open: the study was stopped
+            run.set_tags({"optuna.state": "failed"}, budget=budget)
+            run.finish("KILLED", budget=budget)
         self.runs.clear()
-        stats = study_stats(study) if study is not None else {"n_trials": 0, "n_complete": 0}
+        study = optuna.load_study(study_name=self.plan.study, storage=self.storage)
+        mine = self.searcher.own_trials() if self.searcher is not None else set()
+        for t in study.get_trials(deepcopy=False):  # this driver's interrupted trials: never left RUNNING
+            if t.state == optuna.trial.TrialState.RUNNING and t.number in mine:
+                study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+        if not stop.writable:
+            self.parent.finish("KILLED", budget=0)
+            return 1
+        stats = self.stats = self.finish_parent(study, stop.interrupted, stop.reason == "crashed")
+        print()
+        print(results_table(study, self.plan))
+        print(f"\nstudy {self.plan.study!r}: {stats['n_trials']} trials ({stats['n_complete']} complete, "
+              f"{stats['n_pruned']} pruned, {stats['n_failed']} failed)")
+        if stats.get("best_params"):
+            self.write_baseline(stats)
+        print(ui_hint(self.uri, self.exp_id, self.plan.experiment))
+        print(f"Optuna dashboard: optuna-dashboard {self.storage_url}")
+        if stop.interrupted:
+            return 130
+        return 0 if stats["n_complete"] else 1
+
+    def finish_parent(self, study: optuna.Study, interrupted: bool, crashed: bool = False) -> dict[str, Any]:
+        stats = study_stats(study)
         metrics = {k: v for k, v in stats.items() if k.startswith("n_") or k == "best_value"}
         self.parent.log_metrics(metrics, step=stats["n_trials"])
         if stats.get("best_params"):
             self.parent.set_tags({f"best.{k}": v for k, v in stats["best_params"].items()}
                                  | {"best.trial_number": stats["best_trial"]})
-            with tempfile.TemporaryDirectory() as tmp:
-                p = Path(tmp) / "best_params.yaml"
-                p.write_text(yaml.safe_dump(baseline_doc(self.plan, stats, self.storage_url), sort_keys=False))
-                self.parent.log_artifact(p)
-        self.publish(study, stats, interrupted)
-        self.parent.finish("KILLED" if interrupted else ("FINISHED" if stats["n_complete"] else "FAILED"))
+        self.parent.finish("KILLED" if interrupted else
+                           ("FINISHED" if stats["n_complete"] and not crashed else "FAILED"))
+        if stats.get("best_params"):
+            doc = yaml.safe_dump(baseline_doc(self.plan, stats, self.storage_url), sort_keys=False)
+            self.parent.try_artifact("best_params.yaml", lambda path: path.write_text(doc))
+        try:  # written after the parent's final status: a failed upload is a warning tag, never a RUNNING run
+            self.publish(study, stats, interrupted)
+        except Exception as e:  # noqa: BLE001 - the study's numbers are in its runs and in Optuna either way
+            self.parent.set_tags({"rgsweep.warning.report": f"not uploaded: {tracking.first_line(e)}"}, budget=10)
         return stats
 
     def publish(self, study: optuna.Study | None, stats: dict[str, Any], interrupted: bool) -> None:
@@ -518,6 +636,21 @@ class StudyTracker:
         page.publish(self.client, self.parent.run_id, title=self.plan.study, headline=headline,
                      results_md=tables.to_markdown(frame) if frame is not None else "_no trials_",
                      results=frame if frame is not None else pd.DataFrame())
+
+    def write_baseline(self, stats: dict[str, Any]) -> None:
+        plan = self.plan
+        best = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in stats["best_params"].items())
+        print(f"best: trial {stats['best_trial']}, {plan.metric}={stats['best_value']:.4f}, {best}")
+        out = Path(self.baseline_out) if self.baseline_out else (None if plan.smoke else baseline_path(plan, self.uri))
+        if out is None:
+            return
+        out.parent.mkdir(parents=True, exist_ok=True)
+        doc = yaml.safe_dump(baseline_doc(plan, stats, self.storage_url), sort_keys=False)
+        out.write_text(f"# Best values of study {plan.study!r}, written by `rgsweep tune {plan.path}`.\n"
+                       "# A sweep file uses them with `baseline: <this file, relative to the sweep file>`, or\n"
+                       "# `rgsweep sweep FILE --baseline <this file>`.\n" + doc)
+        stats["baseline"] = str(out)
+        print(f"baseline written to {out}")
 
 
 def study_stats(study: optuna.Study) -> dict[str, Any]:
@@ -549,16 +682,19 @@ def baseline_doc(plan: TuningPlan, stats: dict[str, Any], storage_url: str) -> d
 
 # -- storage --------------------------------------------------------------------------------------
 def default_optuna_storage(tracking_uri: str) -> str:
-    """The study beside the MLflow SQLite store (mlruns/optuna.db), else ./mlruns/optuna.db."""
-    root = tracking.artifact_root(tracking_uri)
-    base = Path(root[len("file://"):]) if root else Path("mlruns").resolve()
-    base.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{base / 'optuna.db'}"
+    """The study beside the MLflow SQLite store (mlruns/optuna.db), else ./mlruns/optuna.db. Built from the
+    URI as the user gave it, so a relative store gives a relative study URL (recorded as such)."""
+    if tracking_uri.startswith("sqlite:///"):
+        path = Path(tracking_uri[len("sqlite:///"):])
+        return f"sqlite:///{path.parent / 'optuna.db'}"
+    return "sqlite:///mlruns/optuna.db"
 
 
 def open_storage(url: str) -> optuna.storages.BaseStorage:
     if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
-        url = f"sqlite:///{Path(url[len('sqlite:///'):]).resolve()}"  # absolute, like the MLflow store
+        path = Path(url[len("sqlite:///"):]).resolve()  # absolute, like the MLflow store
+        path.parent.mkdir(parents=True, exist_ok=True)
+        url = f"sqlite:///{path}"
     return optuna.storages.RDBStorage(url)
 
 
@@ -604,81 +740,16 @@ def run_tune(
     data: SweepData | None = None,
 ) -> tuple[int, dict[str, Any]]:
     """Run (or resume) a study; returns (exit code, stats incl. the baseline path when one was written).
-    `data`: the study's dataset, as `preload([plan.base])` returns it (loaded here first when None)."""
-    from rgsweep import raytune
-
+    `data`: the study's dataset, as `preload([plan.base])` returns it (loaded here first when None).
+    How the study starts, holds its lease and ends on every path: rgsweep/lifecycle.py."""
     if data is None:
         data = preload([plan.base])
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    resume = resume and not plan.smoke  # a smoke study is throwaway: always a new one
-    client = tracking.get_client(tracking_uri)  # the MLflow schema, once, before trials fan out
-    url = storage_url or default_optuna_storage(client.tracking_uri)
-    storage = open_storage(url)
-    n_before = prepare_study(plan, storage, url, resume, restart)  # may refuse: nothing has run yet
-
-    tracker = StudyTracker(plan, client.tracking_uri, url)
-    tracker.open(resume)
-    # A resumed study gets a new sampler seed: the same seed would replay the same random startup trials.
-    sampler = optuna.samplers.TPESampler(seed=plan.spec.seed + n_before, n_startup_trials=plan.spec.startup_trials)
-    searcher = raytune.OptunaSearcher(
-        space=plan.distributions(), metric=plan.metric, mode=plan.mode, sampler=sampler,
-        study_name=plan.study, storage=storage, step_key="epoch", final_key=SUMMARY_KEY, failed_key=FAILED_KEY,
-    )
-    tracker.trial_number = searcher.trial_number
-    scheduler = None
-    if plan.grace_period:
-        scheduler = raytune.asha(plan.metric, plan.mode, plan.base.epochs, plan.grace_period,
-                                 plan.spec.pruning.reduction_factor)
-    print(f"tune {plan.study!r}: {plan.n_trials} trials to add to a study of {n_before} "
-          f"(objective {plan.metric} {plan.mode}, pruning rungs {plan.rungs() or 'off'}; "
-          f"parent run {tracker.parent.run_id}, experiment {plan.experiment!r}; storage {url})", flush=True)
-
-    interrupted = False
-    started = raytune.start_ray(ray_address, num_cpus=num_cpus)
-    try:
-        res = plan.spec.resources
-        resources = fit_resources({"cpu": res.cpu, "gpu": res.gpu}, raytune.cluster_resources())
-        tracker.resources = resources
-        raytune.run_trials(
-            trainable, name=f"{plan.study}-{time.strftime('%Y%m%d-%H%M%S')}",
-            storage_path=storage_path or os.environ.get("RGSWEEP_STORAGE") or default_storage(tracker.uri),
-            resources=resources, callbacks=[TrackerCallback.make(tracker)], search_alg=searcher, scheduler=scheduler,
-            num_samples=plan.n_trials, max_concurrent=max_concurrent or plan.spec.max_concurrent,
-            parameters={"base": tracker.base}, parameter_columns=list(plan.space), verbose=verbose,
-            datasets=data.select([plan.base]),
-            progress=tune_progress(plan, searcher.trial_number, verbose),
-        )
-    except KeyboardInterrupt:
-        interrupted = True
-    finally:
-        interrupted = interrupted or bool(tracker.runs)
-        raytune.stop_ray(started)
-
-    study = optuna.load_study(study_name=plan.study, storage=storage)
-    for t in study.get_trials(deepcopy=False):  # interrupted trials: never left RUNNING
-        if t.state == optuna.trial.TrialState.RUNNING:
-            study.tell(t.number, state=optuna.trial.TrialState.FAIL)
-    stats = tracker.close(study, interrupted)
-    print()
-    print(results_table(study, plan))
-    print(f"\nstudy {plan.study!r}: {stats['n_trials']} trials ({stats['n_complete']} complete, "
-          f"{stats['n_pruned']} pruned, {stats['n_failed']} failed)")
-    if stats.get("best_params"):
-        out = Path(baseline_out) if baseline_out else (None if plan.smoke else baseline_path(plan))
-        best = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in stats["best_params"].items())
-        print(f"best: trial {stats['best_trial']}, {plan.metric}={stats['best_value']:.4f}, {best}")
-        if out is not None:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            doc = yaml.safe_dump(baseline_doc(plan, stats, url), sort_keys=False)
-            out.write_text(f"# Best values of study {plan.study!r}, written by `rgsweep tune {plan.path}`.\n"
-                           "# A sweep file uses them with `baseline: <this file, relative to the sweep file>`.\n" + doc)
-            stats["baseline"] = str(out)
-            print(f"baseline written to {out}")
-    print(ui_hint(tracker.uri, tracker.exp_id, plan.experiment))
-    print(f"Optuna dashboard: optuna-dashboard {url}")
-    if interrupted:
-        return 130, stats
-    return (0 if stats["n_complete"] else 1), stats
+    url = storage_url or default_optuna_storage(tracking.given_uri(tracking_uri))
+    tracker = StudyTracker(plan, url, resume, restart, baseline_out=baseline_out, launch={
+        "storage_path": storage_path, "max_concurrent": max_concurrent, "verbose": verbose, "data": data})
+    code = lifecycle.live(tracker, tracking_uri=tracking_uri, ray_address=ray_address, num_cpus=num_cpus)
+    return code, tracker.stats
 
 
 def tune_progress(plan: TuningPlan, number: Any, verbose: int = 0) -> Progress:
@@ -693,8 +764,12 @@ def tune_progress(plan: TuningPlan, number: Any, verbose: int = 0) -> Progress:
                     **({"live": False, "interval": math.inf} if verbose else {}))
 
 
-def baseline_path(plan: TuningPlan) -> Path:
-    return plan.path.parent / "baselines" / f"{plan.spec.name}.yaml"
+def baseline_path(plan: TuningPlan, tracking_uri: str) -> Path:
+    """Beside the store (mlruns/baselines/<name>.yaml), never in the sources: tuning results belong to the
+    machine that ran them, and `make tune` leaves a clone's `git status` clean."""
+    root = tracking.artifact_root(tracking_uri)
+    base = Path(root[len("file://"):]) if root else Path("mlruns")
+    return base / "baselines" / f"{plan.spec.name}.yaml"
 
 
 def results_frame(study: optuna.Study, plan: TuningPlan) -> Any:
@@ -720,7 +795,7 @@ def results_table(study: optuna.Study, plan: TuningPlan) -> str:
     return tables.to_text(results_frame(study, plan))
 
 
-def describe(plan: TuningPlan, storage_url: str) -> str:
+def describe(plan: TuningPlan, storage_url: str, tracking_uri: str) -> str:
     """What --dry-run prints: the resolved plan, without touching Ray or the storage."""
     base = plan.base.model_dump()
     lines = [
@@ -733,7 +808,7 @@ def describe(plan: TuningPlan, storage_url: str) -> str:
         "space:",
         *(f"  {k}: {p.describe()}" for k, p in plan.space.items()),
         "base: " + " ".join(f"{k}={v}" for k, v in base.items() if k not in plan.space),
-        f"baseline file: {baseline_path(plan)}" + (" (not written by --smoke)" if plan.smoke else ""),
+        f"baseline file: {baseline_path(plan, tracking_uri)}" + (" (not written by --smoke)" if plan.smoke else ""),
     ]
     return "\n".join(lines)
 
@@ -748,9 +823,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
     if args.resume and args.restart:
         raise ConfigError("--resume and --restart exclude each other")
     if args.dry_run:
-        uri = tracking.resolve_tracking_uri(args.tracking_uri)
-        print(describe(plan, args.storage or default_optuna_storage(uri)))
+        given = tracking.given_uri(args.tracking_uri)
+        print(describe(plan, args.storage or default_optuna_storage(given), tracking.resolve_tracking_uri(given)))
         return 0
+    lifecycle.check_store(args.tracking_uri)  # an unreachable store fails first, in seconds
     data = preload([plan.base])  # resolved here, checked, loaded once: a missing dataset fails before Ray and any run
     code, _ = run_tune(
         plan, tracking_uri=args.tracking_uri, storage_url=args.storage, resume=args.resume, restart=args.restart,
@@ -768,7 +844,8 @@ def register(sub: Any) -> None:
     p.add_argument("--resume", action="store_true", help="add trials to the existing study instead of refusing")
     p.add_argument("--restart", action="store_true", help="delete the existing study and start a new one")
     p.add_argument("--n-trials", type=int, help="trials to run in this invocation (default: the file's n_trials)")
-    p.add_argument("--baseline-out", help="where to write the best params (default: <file dir>/baselines/<name>.yaml)")
+    p.add_argument("--baseline-out",
+                   help="where to write the best params (default: baselines/<name>.yaml beside the MLflow store)")
     p.add_argument("--storage", help="Optuna storage URL (default: sqlite:///.../optuna.db beside the MLflow store)")
     add_run_args(p)
     p.set_defaults(func=cmd_tune)

@@ -47,3 +47,28 @@ def client(tracking_uri):
     from rgsweep import tracking
 
     return tracking.get_client(tracking_uri)
+
+
+@pytest.fixture(scope="session")
+def sweep_store(ray_session, tmp_path_factory):
+    """A store written by a real sweep (Ray, the trainables, the driver's tracker), not built by hand:
+    4 trials (label noise 0 and 1, clean and shuffled pixels), 3 epochs each, in experiment `real-sweep`."""
+    from types import SimpleNamespace
+
+    import yaml
+
+    from rgsweep.sweep import expand, load_spec, run_sweep
+
+    root = tmp_path_factory.mktemp("real-sweep")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    path = root / "real-sweep.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "real-sweep",
+        "base": {"dataset": "synthetic", "arch": "mlp1x512", "epochs": 3, "lr": 0.05, "device": "cpu",
+                 "fit_threshold": None},
+        "grid": {"label_noise": [0.0, 1.0], "corruption": ["none", "shuffled_pixels"]},
+    }))
+    plan = expand(load_spec(path), path)
+    code, counts = run_sweep(plan, tracking_uri=uri, verbose=0)
+    assert code == 0 and counts["finished"] == 4, counts
+    return SimpleNamespace(uri=uri, root=root, experiment="real-sweep", trials=[t.name for t in plan.trials])

@@ -374,3 +374,20 @@ def test_report_without_logging_and_with_missing_factors(store, tmp_path):
     client = export.get_client(store.uri)
     other_parent = client.search_runs([store.other_experiment_id], "tags.`rgsweep.kind` = 'sweep'")[0]
     assert client.list_artifacts(other_parent.info.run_id) == []
+
+
+# -- on a store written by a real sweep -----------------------------------------------------------
+def test_export_and_report_on_a_store_written_by_a_real_sweep(sweep_store, tmp_path):
+    export.export_runs(sweep_store.uri, experiment=sweep_store.experiment, out_dir=tmp_path / "export")
+    runs, history = export.load_export(tmp_path / "export")
+    assert sorted(runs["run_name"]) == sorted(sweep_store.trials) and set(runs["status"]) == {"FINISHED"}
+    assert sorted(runs["label_noise"].unique()) == [0.0, 1.0]
+    assert sorted(runs["corruption"].unique()) == ["none", "shuffled_pixels"]
+    assert len(history) == 4 * 3 and set(history["epoch"]) == {1, 2, 3}
+    assert history["train_acc"].between(0, 1).all() and runs["final_test_acc"].notna().all()
+    path = build_report(sweep_store.uri, experiment=sweep_store.experiment, out_dir=tmp_path / "report")
+    text = path.read_text()
+    assert "- trials: 4 (" in text and "](fig1a_loss_curves.png)" in text
+    client = export.get_client(sweep_store.uri)
+    parent = client.get_run(client.get_run(runs["run_id"].iloc[0]).data.tags["mlflow.parentRunId"])
+    assert "report/report.md" in {f.path for f in client.list_artifacts(parent.info.run_id, "report")}

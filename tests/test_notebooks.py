@@ -74,6 +74,16 @@ def test_notebooks_survive_missing_factors_and_report_a_failing_one(export_dir, 
     assert any(o.output_type == "error" for o in _outputs(tmp_path / "out" / "99_broken.ipynb"))
 
 
+def test_every_notebook_runs_on_an_export_of_a_real_sweep(sweep_store, tmp_path):
+    export_runs(sweep_store.uri, experiment=sweep_store.experiment, out_dir=tmp_path / "export")
+    written = run_notebooks(NB_DIR, tmp_path / "export", tmp_path / "out")
+    assert [p.name for p in written] == NOTEBOOKS
+    for path in written:
+        outputs = _outputs(path)
+        assert not [o for o in outputs if o.output_type == "error"], path.name
+    assert f"4 finished trials of 4 in {tmp_path / 'export'}" in _outputs(written[0])[0]["text"]
+
+
 def test_run_notebooks_needs_an_export(tmp_path):
     with pytest.raises(AnalysisError, match="rgsweep export"):
         run_notebooks(NB_DIR, tmp_path, tmp_path / "out")

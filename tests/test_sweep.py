@@ -7,11 +7,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
+from sweep_helpers import children, wait_for, write_sweep
 
 from rgsweep import tracking
 from rgsweep.cli import main
@@ -19,19 +19,6 @@ from rgsweep.config import ConfigError
 from rgsweep.sweep import expand, load_spec, run_sweep
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def write_sweep(tmp_path: Path, name: str, **spec) -> Path:
-    doc = {"name": name, "base": {"dataset": "synthetic", "arch": "mlp1x512", "epochs": 2, "lr": 0.05,
-                                  "device": "cpu", "fit_threshold": None}, **spec}
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(doc))
-    return path
-
-
-def children(client, experiment: str) -> list:
-    exp = client.get_experiment_by_name(experiment)
-    return [] if exp is None else tracking.search_children(client, exp.experiment_id)
 
 
 def test_grid_gives_one_child_run_per_trial_with_params_and_parent(tmp_path, ray_session, client, tracking_uri):
@@ -72,7 +59,7 @@ def test_failing_and_diverging_trials_are_failed_while_others_finish(tmp_path, r
     names = [t.name for t in plan.trials]
     code, counts = run_sweep(plan, tracking_uri=tracking_uri, inject_failure={names[1]: 1}, verbose=0)
     assert code == 1
-    assert counts == {"trials": 3, "finished": 1, "failed": 2, "killed": 0, "missing": 0}
+    assert counts == {"trials": 3, "finished": 1, "failed": 2, "lost": 0, "killed": 0, "missing": 0}
     runs = {r.info.run_name: r for r in children(client, "grid-failures")}
     assert runs[names[0]].info.status == "FINISHED"
     failed = runs[names[1]]
@@ -122,19 +109,9 @@ def test_dry_run_lists_trials_and_count(tmp_path, capsys):
     assert "6 trials" in out and "cnn-noise1.0 " in out and "seed0" not in out  # one seed: not in the names
 
 
-def _wait_for(predicate, timeout: float = 120.0) -> None:
-    """Poll the store (bounded) until the sweep has made progress."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.5)
-    raise AssertionError("timed out waiting for the sweep to make progress")
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["sigint", "sigkill"])
-def test_killed_sweep_resumes_without_duplicates(sig, tmp_path, ray_session, client, tracking_uri):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=["sigint", "sigterm", "sigkill"])
+def test_killed_sweep_resumes_without_duplicates(sig, tmp_path, ray_session, client, tracking_uri, capsys):
     name = f"resume-{sig.name.lower()}"
     path = write_sweep(tmp_path, name, grid={"label_noise": [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]},
                        max_concurrent=1)
@@ -148,18 +125,30 @@ def test_killed_sweep_resumes_without_duplicates(sig, tmp_path, ray_session, cli
         start_new_session=True,
     )
     try:
-        _wait_for(lambda: any(r.info.status == "FINISHED" for r in children(client, name)))
+        wait_for(lambda: any(r.info.status == "FINISHED" for r in children(client, name)))
+        if sig == signal.SIGKILL:  # a second driver on the live sweep is refused and changes nothing
+            statuses = sorted(r.info.status for r in children(client, name))
+            proc.send_signal(signal.SIGSTOP)  # the first driver holds still (alive) meanwhile
+            try:
+                assert main(["sweep", str(path), "--resume", "--tracking-uri", tracking_uri]) == 2
+            finally:
+                proc.send_signal(signal.SIGCONT)
+            err = capsys.readouterr().err
+            assert f"sweep {name!r} is being run by another driver" in err and f"pid {proc.pid}" in err, err
+            assert sorted(r.info.status for r in children(client, name)) == statuses
         proc.send_signal(sig)
-        out, _ = proc.communicate(timeout=120)
+        out, _ = proc.communicate(timeout=120)  # reaped: its pid is gone, so its lease is dead at once
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     runs = children(client, name)
     finished_before = [r for r in runs if r.info.status == "FINISHED"]
+    running_before = {r.info.run_id for r in runs if r.info.status == "RUNNING"}  # the dead driver's
     assert 1 <= len(finished_before) < 6
-    if sig == signal.SIGINT:  # a clean stop: exit 130, nothing left RUNNING
+    if sig != signal.SIGKILL:  # a clean stop (Ctrl-C, a scheduler's SIGTERM): exit 130, nothing left RUNNING
         assert proc.returncode == 130, out[-3000:]
         assert not [r for r in runs if r.info.status == "RUNNING"]
+        assert "Traceback" not in out
 
     plan = expand(load_spec(path), path)
     code, counts = run_sweep(plan, tracking_uri=tracking_uri, resume=True, verbose=0)
@@ -172,6 +161,10 @@ def test_killed_sweep_resumes_without_duplicates(sig, tmp_path, ray_session, cli
     # the finished runs from before the kill were kept, not rerun
     assert {r.info.run_id for r in finished_before} <= {r.info.run_id for r in finished}
     assert len({r.data.tags["mlflow.parentRunId"] for r in runs}) == 1  # resume continues the same parent
+    # A dead driver's runs are closed by the driver that took its lease over (none when it died between trials).
+    for r in runs:
+        if r.info.run_id in running_before:
+            assert r.info.status == "KILLED" and r.data.tags["rgsweep.stop_reason"] == "driver_lost"
 
 
 def test_every_shipped_sweep_file_expands(capsys):
@@ -274,3 +267,55 @@ def test_pack_option_is_checked_and_overrides_the_file(tmp_path, capsys, client,
     assert "packing: 6 trials in 2 Ray trials (pack: 4)" in capsys.readouterr().out
     assert main(["sweep", str(path), "--dry-run"]) == 0
     assert "packing:" not in capsys.readouterr().out  # the file says pack: 1
+
+
+def test_command_line_values_win_over_grid_axes_and_say_which_collapsed(tmp_path, capsys):
+    path = write_sweep(tmp_path, "set-grid", grid={"lr": [0.01, 0.1, 0.5], "label_noise": [0.0, 1.0],
+                                                   "setting": [{"momentum": 0.0}, {"momentum": 0.9, "lr": 0.2}]},
+                       seeds=[0, 1])
+    assert main(["sweep", str(path), "--dry-run", "--set", "lr=0.05", "--set", "seed=7"]) == 0
+    out = capsys.readouterr().out
+    assert "command line lr=0.05 replaces grid axis 'lr' (3 values -> 1)" in out
+    assert "command line lr=0.05 replaces lr in every value of grid bundle 'setting'" in out
+    assert "command line seed=7 replaces seeds [0, 1] (2 values -> 1)" in out
+    assert "4 trials" in out  # label_noise x momentum; lr and the seeds collapsed
+    plan = expand(load_spec(path), path, overrides={"lr": 0.05, "seed": 7})
+    assert {t.config.lr for t in plan.trials} == {0.05} and {t.config.seed for t in plan.trials} == {7}
+    assert "lr" not in plan.swept_keys and "seed" not in plan.swept_keys
+    assert sorted((t.config.label_noise, t.config.momentum) for t in plan.trials) == [
+        (0.0, 0.0), (0.0, 0.9), (1.0, 0.0), (1.0, 0.9)]
+
+
+def test_smoke_runs_have_their_own_experiment_then_resume_and_report_see_only_real_runs(
+    tmp_path, ray_session, client, tracking_uri,
+):
+    path = write_sweep(tmp_path, "smoke-apart", grid={"label_noise": [0.0, 0.5, 1.0]}, smoke={"epochs": 1})
+    assert main(["sweep", str(path), "--smoke", "--tracking-uri", tracking_uri]) == 0
+    smoke = children(client, "smoke-apart-smoke")
+    assert len(smoke) == 2 and children(client, "smoke-apart") == []  # the extremes, in their own experiment
+    # --resume finds no real sweep to continue (never the smoke parent): every trial runs, at full size.
+    assert main(["sweep", str(path), "--resume", "--tracking-uri", tracking_uri]) == 0
+    real = children(client, "smoke-apart")
+    assert len(real) == 3 and {r.data.params["epochs"] for r in real} == {"2"}
+    assert {r.data.tags["mlflow.parentRunId"] for r in real}.isdisjoint(
+        {r.data.tags["mlflow.parentRunId"] for r in smoke})
+    assert main(["report", "--experiment", "smoke-apart", "--out", str(tmp_path / "r"), "--no-log",
+                 "--tracking-uri", tracking_uri]) == 0
+    assert "- trials: 3 (" in (tmp_path / "r" / "smoke-apart" / "report.md").read_text()
+
+
+def test_quotes_and_slashes_in_names_reach_mlflow_intact(tmp_path, ray_session, client, tracking_uri):
+    name = """o'neil's "quoted" sweep/v1"""
+    path = tmp_path / "quoted.yaml"
+    path.write_text(yaml.safe_dump({"name": name, "base": {"dataset": "synthetic", "epochs": 1, "device": "cpu"},
+                                    "grid": {"label_noise": [0.0]}}))
+    plan = expand(load_spec(path), path)
+    assert run_sweep(plan, tracking_uri=tracking_uri, verbose=0)[0] == 0
+    exp = client.get_experiment_by_name(name)
+    assert exp.artifact_location.endswith("/o_neil_s_quoted_sweep_v1")  # one safe folder of the store
+    code, counts = run_sweep(plan, tracking_uri=tracking_uri, resume=True, verbose=0)  # finds its parent
+    assert code == 0 and counts["finished"] == 1
+    (run,) = tracking.search_children(client, exp.experiment_id)
+    assert run.data.tags["rgsweep.sweep"] == name
+    parents = tracking.search_tagged(client, [exp.experiment_id], {"rgsweep.sweep": name, "rgsweep.kind": "sweep"})
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"

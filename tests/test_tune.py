@@ -205,16 +205,24 @@ def test_the_objective_is_validation_accuracy_never_test_data(study_run):
 def test_best_params_are_handed_to_a_grid_sweep_as_its_baseline(study_run, tracking_uri, client):
     sweeps = study_run["path"].parent
     best = study_run["best"]
-    baseline = yaml.safe_load((sweeps / "baselines" / "tune-study.yaml").read_text())
+    # Written beside the store (mlruns/baselines by default), never among the sources: git stays clean.
+    written = Path(tracking_uri[len("sqlite:///"):]).parent / "baselines" / "tune-study.yaml"
+    assert not (sweeps / "baselines").exists()
+    baseline = yaml.safe_load(written.read_text())
     assert baseline["params"] == best.params and set(baseline["params"]) == set(SPACE)
     assert baseline["source"]["study"] == "tune-study" and baseline["source"]["n_trials"] == 6
     assert baseline["source"]["best_value"] == pytest.approx(best.value)
+    assert baseline["source"]["storage"] == study_run["storage"]  # as the user gave it
 
+    (sweeps / "baselines").mkdir()
+    (sweeps / "baselines" / "tune-study.yaml").write_text(written.read_text())
     sweep = sweeps / "handoff.yaml"
     sweep.write_text(yaml.safe_dump({
         "name": "handoff", "baseline": "baselines/tune-study.yaml",
         "base": {"dataset": "synthetic", "epochs": 1, "device": "cpu"}, "grid": {"momentum": [0.0]},
     }))
+    (trial,) = expand(load_sweep(sweep), sweep, baseline=written).trials  # --baseline: the same values
+    assert trial.config.lr == best.params["lr"]
     (trial,) = expand(load_sweep(sweep), sweep).trials
     assert trial.config.lr == best.params["lr"] and trial.config.batch_size == best.params["batch_size"]
     assert trial.config.momentum == 0.0 != best.params["momentum"]  # grid keys override the baseline
@@ -261,7 +269,8 @@ def test_a_diverging_trial_is_failed_in_optuna_and_mlflow(tmp_path, ray_session,
     assert run.info.status == "FAILED" and run.data.tags["optuna.state"] == "failed"
     assert run.data.tags["rgsweep.diverged"] == "true"
     assert client.get_run(run.data.tags["mlflow.parentRunId"]).info.status == "FAILED"
-    assert not (tmp_path / "baselines").exists()  # no best trial, no baseline
+    store_dir = Path(tracking_uri[len("sqlite:///"):]).parent
+    assert not (store_dir / "baselines" / "tune-diverge.yaml").exists()  # no best trial, no baseline
 
 
 @pytest.mark.parametrize("demo", sorted((REPO / "sweeps").glob("tune-*.yaml")), ids=lambda p: p.name)

@@ -181,3 +181,31 @@ def test_a_host_beyond_loopback_is_warned_about(host, warned, capsys):
     warn_if_exposed(host, 5000)
     err = capsys.readouterr().err
     assert ("has no authentication" in err and f"--host {host}" in err) == warned
+
+
+def test_server_over_a_store_written_by_a_real_sweep(sweep_store, tmp_path):
+    from mlflow_server import MlflowServer
+
+    server = MlflowServer(sweep_store.uri, tmp_path).start()
+    try:
+        with urllib.request.urlopen(
+            f"{server.url}/api/2.0/mlflow/experiments/get-by-name?experiment_name={sweep_store.experiment}",
+            timeout=10,
+        ) as response:
+            exp = json.load(response)["experiment"]
+        found = _post(f"{server.url}/api/2.0/mlflow/runs/search", {
+            "experiment_ids": [exp["experiment_id"]], "filter": "tags.`rgsweep.kind` = 'trial'",
+            "order_by": ["metrics.gen_gap DESC"],
+        })["runs"]
+        assert sorted(r["info"]["run_name"] for r in found) == sorted(sweep_store.trials)
+        for run in found:
+            params = {p["key"]: p["value"] for p in run["data"]["params"]}
+            metrics = {m["key"]: m["value"] for m in run["data"]["metrics"]}
+            assert run["info"]["status"] == "FINISHED" and params["epochs"] == "3"
+            assert {"test_acc", "gen_gap", "train_acc", "epochs_run"} <= set(metrics)
+        gaps = [next(m["value"] for m in r["data"]["metrics"] if m["key"] == "gen_gap") for r in found]
+        assert gaps == sorted(gaps, reverse=True)
+        with urllib.request.urlopen(f"{server.url}/", timeout=10) as response:
+            assert response.status == 200 and "<html" in response.read().decode().lower()
+    finally:
+        server.stop()
