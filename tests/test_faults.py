@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from mlflow_server import MlflowServer, free_port
+from infra import MlflowServer, free_port
 from sweep_helpers import children, wait_for, write_sweep
 
 from rgsweep import lifecycle, tracking
@@ -218,8 +218,8 @@ def test_unwritable_artifact_location_leaves_warning_tags_never_running_runs(tmp
 
 @pytest.mark.slow
 def test_tracking_server_stopped_mid_sweep_then_restarted_and_resumed(tmp_path, ray_session):
-    (tmp_path / "server").mkdir()
-    server = MlflowServer(f"sqlite:///{tmp_path / 'server' / 'mlflow.db'}", tmp_path).start()
+    # tests/infra.py: a real `mlflow server` (artifacts through it), stoppable and restartable on its port
+    server = MlflowServer(f"sqlite:///{tmp_path / 'server.db'}", tmp_path).start()
     driver = None
     try:
         client = tracking.get_client(server.url)

@@ -184,7 +184,7 @@ def test_a_host_beyond_loopback_is_warned_about(host, warned, capsys):
 
 
 def test_server_over_a_store_written_by_a_real_sweep(sweep_store, tmp_path):
-    from mlflow_server import MlflowServer
+    from infra import MlflowServer
 
     server = MlflowServer(sweep_store.uri, tmp_path).start()
     try:
