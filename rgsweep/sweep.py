@@ -567,8 +567,9 @@ class SweepTracker:
 
         latest = self.latest_runs()
         state = "interrupted" if interrupted else "ended"
+        lost = f"{counts['lost']} lost (worker or node), " if counts["lost"] else ""
         headline = (f"Sweep `{self.plan.spec.name}` {state}: {counts['trials']} trials, {counts['finished']} "
-                    f"finished, {counts['failed']} failed, {counts['lost']} lost, {counts['killed']} killed, "
+                    f"finished, {counts['failed']} failed, {lost}{counts['killed']} killed, "
                     f"{counts['missing']} not run.")
         try:  # written after the parent's final status: a failed upload is a warning tag, never a RUNNING run
             page.publish(self.client, self.parent.run_id, title=self.plan.spec.name, headline=headline,
