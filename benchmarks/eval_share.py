@@ -38,9 +38,12 @@ REPO = Path(__file__).resolve().parents[1]
 CIFAR_MINI = REPO.parent / "shared" / "data" / "cifar10-mini"
 
 
-def measure(arch: str, dataset: str, subset: int | None, epochs: int, eval_every: int) -> dict[str, Any]:
+def measure(arch: str, dataset: str, subset: int | None, epochs: int, eval_every: int | str,
+            batch_size: int = 128, eval_batch_size: int | None = None) -> dict[str, Any]:
     values = {"dataset": dataset, "subset": subset, "arch": arch, "epochs": epochs, "fit_threshold": None,
-              "lr": 0.01, "preprocess": "paper", "device": "cpu", "seed": 0}
+              "lr": 0.01, "preprocess": "paper", "device": "cpu", "seed": 0, "batch_size": batch_size}
+    if eval_batch_size is not None:
+        values["eval_batch_size"] = eval_batch_size
     if "eval_every" in TrialConfig.model_fields:  # absent before the schedule existed (the "before" run)
         values["eval_every"] = eval_every
     elif eval_every != 1:
@@ -54,7 +57,8 @@ def measure(arch: str, dataset: str, subset: int | None, epochs: int, eval_every
     wall = time.perf_counter() - t0
     share = 1 - s["optim_time_s"] / s["train_time_s"]
     return {
-        "arch": arch, "eval_every": eval_every, "epochs": epochs, "n_train": len(data.y_train),
+        "arch": arch, "eval_every": eval_every, "test_every": s.get("test_every"), "batch_size": batch_size,
+        "eval_batch_size": eval_batch_size, "epochs": epochs, "n_train": len(data.y_train),
         "n_test": len(data.y_test), "epoch_time_s": s["train_time_s"] / epochs,
         "step_time_s_per_epoch": s["optim_time_s"] / epochs, "eval_share": share, "wall_s": wall,
         "test_evaluations": sum("test_acc" in m for m in epochs_seen),
@@ -74,8 +78,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", default=None, help="image folder, or 'synthetic' (default: ../shared/data/cifar10-mini)")
     p.add_argument("--subset", type=int, default=2000, help="class-balanced training images (default 2000)")
     p.add_argument("--archs", default="cnn,mlp1x512")
-    p.add_argument("--schedules", default="1,5", help="eval_every values to compare (default 1,5)")
+    p.add_argument("--schedules", default="1,5", help="eval_every values to compare (default 1,5; 'auto' too)")
     p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=128, help="training batch (sweeps/paper-cpu.yaml uses 32)")
+    p.add_argument("--eval-batch-size", type=int, default=None, help="forward-only batch (default: train.py's)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--repeats", type=int, default=1, help="runs per (model, schedule), alternating; the median "
                    "share is printed (a shared machine slows some runs down)")
@@ -92,18 +98,21 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         dataset, subset = f"imagefolder:{root}", args.subset
     load = os.getloadavg()
-    print(f"{dataset} subset {subset}, {args.threads} thread(s), {args.epochs} epochs; load {load[0]:.2f}")
+    print(f"{dataset} subset {subset}, batch {args.batch_size}, {args.threads} thread(s), {args.epochs} epochs; "
+          f"load {load[0]:.2f}")
     rows = []
     for arch in [a.strip() for a in args.archs.split(",") if a.strip()]:
         runs: dict[int, list[dict[str, Any]]] = {}
         for _ in range(args.repeats):
-            for every in [int(s) for s in args.schedules.split(",")]:
-                runs.setdefault(every, []).append(measure(arch, dataset, subset, args.epochs, every))
+            for every in [s if s == "auto" else int(s) for s in args.schedules.split(",")]:
+                runs.setdefault(every, []).append(measure(arch, dataset, subset, args.epochs, every, args.batch_size,
+                                                          args.eval_batch_size))
         for every, rs in runs.items():
             r = sorted(rs, key=lambda r: r["eval_share"])[len(rs) // 2]  # the median run
             r["eval_shares"] = [x["eval_share"] for x in rs]
             rows.append(r)
-            print(f"  {arch:<9} eval_every {every:>2}: {r['epoch_time_s']:6.2f} s/epoch, steps "
+            print(f"  {arch:<9} eval_every {every:>4} (every {r['test_every']}): {r['epoch_time_s']:6.2f} s/epoch, "
+                  f"steps "
                   f"{r['step_time_s_per_epoch']:6.2f} s, evaluation {100 * r['eval_share']:4.1f}% "
                   f"(runs: {', '.join(f'{100 * x:.1f}%' for x in r['eval_shares'])}; {r['test_evaluations']} "
                   f"test evaluations), final test_acc {r['final_test_acc']:.4f}", flush=True)

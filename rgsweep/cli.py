@@ -66,7 +66,8 @@ TRAIN_FLAGS: list[tuple[str, dict[str, Any]]] = [
     ("--seed", {"type": int, "help": "training seed"}),
     ("--device", {"help": "auto | cpu | cuda | cuda:N"}),
     ("--eval-batch-size", {"type": int}),
-    ("--eval-every", {"type": int, "help": "evaluate the full test set every N epochs and at the last (default 1)"}),
+    ("--eval-every", {"help": "N: evaluate the full test set every N epochs and at the last (default 1); auto: "
+                              "N such that the test set costs at most a tenth of the training-set evaluation"}),
 ]
 
 

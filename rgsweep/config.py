@@ -80,10 +80,23 @@ class TrialConfig(BaseModel):
 
     # execution
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    # forward-only batches for the per-epoch evaluation; None: 2048 on CUDA, 256 on the CPU (where the
-    # activations of 2,048 images leave the cache: a small CNN evaluates 1.2-2x faster in batches of 256)
+    # forward-only batches for the per-epoch evaluation; None: 2048 on CUDA, 128 on the CPU (where large
+    # batches' activations leave the cache: train.eval_batch_size says what was measured)
     eval_batch_size: int | None = Field(None, ge=1)
-    eval_every: int = Field(1, ge=1)  # full test-set evaluation every N epochs, and always at the run's last
+    # full test-set evaluation every N epochs, and always at the run's last; "auto": N from the data sizes, so
+    # that the test images evaluated per epoch are at most a tenth of the training set (train.test_every)
+    eval_every: int | Literal["auto"] = 1
+
+    @field_validator("eval_every", mode="before")
+    @classmethod
+    def _eval_every(cls, v: Any) -> int | str:
+        if v == "auto":
+            return v
+        if isinstance(v, str) and v.strip().isdigit():
+            v = int(v)
+        if isinstance(v, int) and not isinstance(v, bool) and v >= 1:
+            return v
+        raise ValueError(f"eval_every must be an integer greater than or equal to 1, or 'auto'; got {v!r}")
 
     @field_validator("dataset")
     @classmethod

@@ -48,6 +48,7 @@ RESULTS: dict[str, str] = {
                 "its summary; a pruned tuning trial sends none, so the driver charges the time it saw; a trial "
                 "that crashed or was killed is not charged",
     "device_share": "the trial's share of its device: GPU fraction, or CPU cores",
+    "test_every": "epochs between full test-set evaluations (eval_every; for 'auto', resolved from the data sizes)",
     "data_prep_s": "seconds to corrupt and preprocess the trial's data onto its device",
     "data_fetch_s": "seconds the trial took to read its dataset from Ray's object store (sweeps, studies)",
 }

@@ -61,6 +61,7 @@ from rgsweep.train import (
     prepare_data,
     resolve_device,
     test_due,
+    test_every,
     update_summary,
 )
 
@@ -312,7 +313,9 @@ def train_packed(
 
     active = list(range(k_all))  # original index of each row of the stacked tensors
     results: list[dict[str, Any] | Exception | None] = [None] * k_all
-    summaries = [_summary(num_params, num_classes, device, fingerprint, k_all) | {"data_prep_s": p} for p in prep_s]
+    every = [test_every(c, n, len(y_test)) for c in configs]
+    summaries = [_summary(num_params, num_classes, device, fingerprint, k_all) | {"data_prep_s": p, "test_every": e}
+                 for p, e in zip(prep_s, every)]
     times = [[0.0, 0.0, 0] for _ in range(k_all)]  # train time share, optim time share, samples
     rules = [StopRules(c) for c in configs]
     augmenting = any(a.names for a in augments)
@@ -347,7 +350,7 @@ def train_packed(
         clock.stop()
 
         base.eval()
-        due = [test_due(configs[i], epoch) for i in active]
+        due = [test_due(configs[i], epoch, every[i]) for i in active]
         host = _evaluate_epoch(forward, params, buffers, eb, loss_sum, any(due), (x_train, y_train, noisy_f),
                                (x_test, y_test), (x_val, y_val) if has_val else None)  # the epoch's one sync
         ms, reasons = [], []

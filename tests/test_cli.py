@@ -44,6 +44,17 @@ def test_train_logs_a_finished_run_with_metrics_params_tags_and_curve(client, tr
     assert "learning_curve.png" in arts
 
 
+def test_train_eval_every_auto_logs_the_interval_it_chose(client, tracking_uri):
+    # synthetic: 600 training, 200 test images, so "auto" evaluates the test set every 4th epoch and the last
+    code = main(["train", "--dataset", "synthetic", "--epochs", "5", "--no-fit-stop", "--device", "cpu", "--quiet",
+                 "--eval-every", "auto", "--experiment", "cli-auto", "--tracking-uri", tracking_uri])
+    assert code == 0
+    (run,) = _runs(client, "cli-auto")
+    assert run.data.params["eval_every"] == "auto" and run.data.metrics["test_every"] == 4
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "test_acc")] == [4, 5]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train_acc")] == [1, 2, 3, 4, 5]
+
+
 def test_train_from_yaml_config_with_flag_override(client, tracking_uri, tmp_path):
     cfg = tmp_path / "trial.yaml"
     cfg.write_text("dataset: synthetic\narch: cnn\nepochs: 1\nlabel_noise: 0.2\ndevice: cpu\n")
@@ -66,6 +77,7 @@ def test_train_from_yaml_config_with_flag_override(client, tracking_uri, tmp_pat
         (["--augment", "crop,mixup"], ["mixup", "allowed", "flip"]),
         (["--dataset", "cifar10", "--data-dir", "/nonexistent/rg"], ["/nonexistent/rg", "--download"]),
         (["--lr", "abc"], ["--lr", "invalid float"]),
+        (["--eval-every", "often"], ["eval_every", "'often'", "'auto'"]),
     ],
 )
 def test_bad_input_exits_2_with_clear_message_and_no_run(argv, needles, client, tracking_uri, capsys):

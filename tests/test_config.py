@@ -28,7 +28,9 @@ from rgsweep.config import ConfigError, TrialConfig, make_config
         ({"augment": ["crop"], "corruption": "shuffled_pixels"}, ["augment", "shuffled_pixels", "padcrop"]),
         ({"augment": "crop,flip", "corruption": "random_pixels"}, ["augment", "random_pixels", "padcrop"]),
         ({"augment": ["crop", "padcrop"]}, ["augment", "crop", "padcrop", "one of them"]),
-        ({"eval_every": 0}, ["eval_every", "greater than or equal to 1"]),
+        ({"eval_every": 0}, ["eval_every", "greater than or equal to 1", "'auto'"]),
+        ({"eval_every": "sometimes"}, ["eval_every", "'sometimes'", "'auto'"]),
+        ({"eval_every": True}, ["eval_every", "'auto'"]),
     ],
 )
 def test_bad_values_name_key_and_allowed(values, needles):

@@ -199,3 +199,13 @@ def test_test_schedule_packed_matches_one_by_one():
     for reports in (fit_reports, rand_reports):
         assert "test_acc" in reports[-1] and not any("test_acc" in m for m in reports[:-1])
     assert fit["final_test_acc"] == pytest.approx(expected[0][0]["final_test_acc"], abs=1 / 200 + 1e-6)
+
+
+def test_auto_test_schedule_packed_matches_one_by_one():
+    # "auto" resolves from the data sizes (600 training, 200 test images: every 4th epoch), packed or not.
+    trials = [{"seed": 0, "eval_every": "auto"}, {"seed": 1, "eval_every": 2}]
+    cfgs = configs("mlp1x512", trials, lr=0.05, epochs=5, fit_threshold=None)
+    expected, got = one_by_one(cfgs), packed(cfgs)
+    assert_same_curves(expected, got, loss_rtol=1e-4, acc_atol=1 / 600 + 1e-6)
+    assert [s["test_every"] for s, _ in got] == [s["test_every"] for s, _ in expected] == [4, 2]
+    assert [[m["epoch"] for m in reports if "test_acc" in m] for _, reports in got] == [[4, 5], [2, 4, 5]]

@@ -149,6 +149,30 @@ def test_eval_every_evaluates_the_test_set_on_schedule_and_at_the_last_epoch():
     assert s3["best_test_acc"] == max(m["test_acc"] for m in r3 if "test_acc" in m)
 
 
+@pytest.mark.parametrize("n_train,n_test,every", [
+    (1000, 10000, 100),  # paper-cpu on CIFAR-10: 1,000 training images, the 10,000-image test split
+    (1000, 2000, 20),  # paper-cpu on cifar10-mini
+    (50000, 10000, 2),  # the paper's scale
+    (601, 600, 10), (600, 200, 4), (2000, 100, 1), (10, 1, 1),
+])
+def test_auto_schedule_is_the_smallest_interval_keeping_the_test_set_under_a_tenth(n_train, n_test, every):
+    from rgsweep.train import test_every
+
+    assert test_every(make_config({"eval_every": "auto"}), n_train, n_test) == every
+    assert n_test / every <= n_train / 10  # test images per epoch: at most a tenth of the training set
+    assert every == 1 or n_test / (every - 1) > n_train / 10  # and no smaller interval would do
+    assert test_every(make_config({"eval_every": 7}), n_train, n_test) == 7  # a number is taken as given
+
+
+def test_auto_schedule_trains_and_reports_as_the_interval_it_resolves_to():
+    _, sa, ra = run(epochs=9, fit_threshold=None, seed=2, eval_every="auto")  # 600 train, 200 test: every 4th
+    _, s4, r4 = run(epochs=9, fit_threshold=None, seed=2, eval_every=4)
+    assert sa["test_every"] == s4["test_every"] == 4
+    assert [m["epoch"] for m in ra if "test_acc" in m] == [4, 8, 9]
+    assert [{k: v for k, v in m.items() if k != "epoch_time_s"} for m in ra] == \
+        [{k: v for k, v in m.items() if k != "epoch_time_s"} for m in r4]
+
+
 def test_a_run_that_fits_between_test_evaluations_ends_on_the_full_test_set(monkeypatch):
     import rgsweep.train as train_module
 
