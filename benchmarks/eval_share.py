@@ -112,8 +112,7 @@ def main(argv: list[str] | None = None) -> int:
             r["eval_shares"] = [x["eval_share"] for x in rs]
             rows.append(r)
             print(f"  {arch:<9} eval_every {every:>4} (every {r['test_every']}): {r['epoch_time_s']:6.2f} s/epoch, "
-                  f"steps "
-                  f"{r['step_time_s_per_epoch']:6.2f} s, evaluation {100 * r['eval_share']:4.1f}% "
+                  f"steps {r['step_time_s_per_epoch']:6.2f} s, evaluation {100 * r['eval_share']:4.1f}% "
                   f"(runs: {', '.join(f'{100 * x:.1f}%' for x in r['eval_shares'])}; {r['test_evaluations']} "
                   f"test evaluations), final test_acc {r['final_test_acc']:.4f}", flush=True)
     result = {"date": dt.datetime.now().isoformat(timespec="seconds"), "dataset": dataset, "subset": subset,
