@@ -80,8 +80,8 @@ class TrialConfig(BaseModel):
 
     # execution
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    # forward-only batches for the per-epoch evaluation; None: 2048 on CUDA, 128 on the CPU (where large
-    # batches' activations leave the cache: train.eval_batch_size says what was measured)
+    # forward-only batches for the per-epoch evaluation; None: 2048 on CUDA, on the CPU 128 for convnets and
+    # 512 for MLPs (where larger batches' activations leave the cache: train.eval_batch_size says what was measured)
     eval_batch_size: int | None = Field(None, ge=1)
     # full test-set evaluation every N epochs, and always at the run's last; "auto": N from the data sizes, so
     # that the test images evaluated per epoch are at most a tenth of the training set (train.test_every)

@@ -526,14 +526,15 @@ def _same_as_earlier(t: Tensor | None, earlier: list[Tensor | None]) -> Tensor |
 
 def _evaluate(forward: Callable, params: list[Tensor], buffers: dict[str, Tensor], x: _Stack, y: Tensor,
               batch_size: int) -> tuple[Tensor, Tensor]:
-    """Per-trial summed loss [K] and correctness [K, N] in eval mode; no host sync."""
+    """Per-trial summed loss [K] and correctness [K, N] in eval mode; no host sync. Like train.evaluate,
+    per-sample losses are summed once, whatever the batch size."""
     k, n = y.shape
-    loss = torch.zeros(k, device=y.device)
+    losses = torch.empty(k, n, device=y.device)
     correct = torch.empty(k, n, dtype=torch.bool, device=y.device)
     with torch.inference_mode(), autocast_for(y.device):
         for i in range(0, n, batch_size):
             out = forward(params, buffers, x.chunk(i, i + batch_size)).float()  # [K, b, classes]
             yb = y[:, i : i + batch_size]
-            loss += _cross_entropy(out, yb).sum(1)
+            losses[:, i : i + batch_size] = _cross_entropy(out, yb)
             correct[:, i : i + batch_size] = out.argmax(-1) == yb
-    return loss, correct
+    return losses.sum(1), correct

@@ -9,7 +9,7 @@ import torch
 
 from rgsweep.config import make_config
 from rgsweep.data.sources import load_dataset
-from rgsweep.train import DivergedError, prepare_data, train
+from rgsweep.train import DivergedError, eval_batch_size, evaluate, prepare_data, train
 
 EPOCH_KEYS = {"epoch", "train_loss", "train_acc", "test_loss", "test_acc", "gen_gap", "lr", "epoch_time_s", "steps"}
 
@@ -147,6 +147,37 @@ def test_eval_every_evaluates_the_test_set_on_schedule_and_at_the_last_epoch():
     for key in ("final_train_acc", "final_test_acc", "final_gen_gap", "final_train_loss", "epochs_run"):
         assert s3[key] == s1[key], key
     assert s3["best_test_acc"] == max(m["test_acc"] for m in r3 if "test_acc" in m)
+
+
+class _Lookup(torch.nn.Module):
+    """Each row's logits are a fixed table row picked by the row's first value: the same bits whatever the
+    batch, so the test below sees only how `evaluate` reduces."""
+
+    def __init__(self, n: int, classes: int):
+        super().__init__()
+        self.table = torch.randn(n, classes, generator=torch.Generator().manual_seed(0)) * 3
+
+    def forward(self, x):
+        return self.table[x[:, 0].long()]
+
+
+def test_evaluation_is_the_same_at_every_batch_size():
+    n = 1000
+    model, x = _Lookup(n, 10), torch.arange(n, dtype=torch.float32).unsqueeze(1)
+    y = torch.randint(0, 10, (n,), generator=torch.Generator().manual_seed(1))
+    results = [evaluate(model, x, y, bs, torch.device("cpu")) for bs in (1, 7, 128, 512, n)]
+    for loss, correct in results[1:]:  # bit-equal: summing per-batch sums would round differently per size
+        assert loss.item() == results[0][0].item() and torch.equal(correct, results[0][1])
+    assert math.isclose(results[0][0].item(), torch.nn.functional.cross_entropy(model(x), y, reduction="sum").item(),
+                        rel_tol=1e-6)
+
+
+def test_cpu_evaluation_batch_is_128_for_convnets_and_512_for_mlps():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert eval_batch_size(make_config({"arch": "alexnet"}), cpu) == 128
+    assert eval_batch_size(make_config({"arch": "mlp1x512"}), cpu) == 512
+    assert eval_batch_size(make_config({"arch": "mlp1x512"}), cuda) == 2048
+    assert eval_batch_size(make_config({"arch": "cnn", "eval_batch_size": 64}), cpu) == 64
 
 
 @pytest.mark.parametrize("n_train,n_test,every", [
