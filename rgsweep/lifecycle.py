@@ -43,8 +43,6 @@ from rgsweep import tracking
 from rgsweep.config import ConfigError
 from rgsweep.metrics import EPOCH_SERIES
 
-# What a trainable's results carry (sweep.py and tune.py trainables, read by their trackers).
-SUMMARY_KEY = "rgsweep_summary"
 EPOCH_KEYS = {"epoch", *EPOCH_SERIES}  # what the driver logs per epoch (rgsweep/metrics.py)
 DEFAULT_SMOKE = {"dataset": "synthetic", "data_dir": None, "subset": None, "epochs": 2, "download": False}
 DEFAULT_RETRIES = 2  # infrastructure failures (a worker or node lost) retried per trial
@@ -428,22 +426,6 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     if args.download:
         overrides["download"] = True
     return overrides
-
-
-def trial_cost(device: str, seconds: float, granted: dict[str, float]) -> dict[str, Any]:
-    """What a trial cost (rgsweep/metrics.py): `device_s` = the seconds it held its device share x that
-    share (a GPU fraction, or CPU cores), `device_share`, and `device_kind` ('cpu' or the GPU's name).
-    Seconds from the trainable's start (data preparation included) to its summary."""
-    import torch
-
-    from rgsweep.train import resolve_device
-
-    dev = resolve_device(device)
-    if dev.type == "cuda":
-        kind, share = torch.cuda.get_device_name(dev), float(granted.get("GPU") or 1.0)
-    else:
-        kind, share = dev.type, float(granted.get("CPU") or 1.0)
-    return {"device_s": seconds * share, "device_share": share, "device_kind": kind}
 
 
 def add_run_args(p: argparse.ArgumentParser) -> None:

@@ -41,9 +41,6 @@ import json
 import math
 import os
 import sys
-import threading
-import time
-import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,17 +53,16 @@ from rgsweep.lifecycle import (
     DEFAULT_RETRIES,
     DEFAULT_SMOKE,
     EPOCH_KEYS,
-    SUMMARY_KEY,
     Resources,
     add_run_args,
     default_storage,
     fit_resources,
     overrides_from_args,
-    trial_cost,
     ui_hint,
 )
 from rgsweep.preload import SweepData, preload
 from rgsweep.progress import Progress
+from rgsweep.trials import EPOCHS_KEY, REPORT_INTERVAL_S, SUMMARY_KEY, sweep_trainable
 
 PACK_MAX = 256  # trials trained together in one Ray trial, at most
 
@@ -228,134 +224,8 @@ def collapsed_axes(grid: dict[str, list[Any]], seeds: list[int], overrides: dict
     return notes
 
 
-# -- the trainable (runs on a Ray worker) ---------------------------------------------------------
-def trainable(config: dict[str, Any], payloads: dict[str, dict[str, Any]], datasets: dict[str, Any]) -> None:
-    """Thin Ray adapter around `train` (or `train_packed` for a pack of trials): reads the payload and its
-    dataset (from the object store: no file is opened here), sets threads, reports each epoch tagged with
-    the member it belongs to, then each summary."""
-    import torch
-
-    from rgsweep import raytune
-    from rgsweep.train import DivergedError, train
-
-    started = time.monotonic()
-    payload = payloads[config["trial"]]
-    granted = raytune.trial_resources()
-    torch.set_num_threads(max(1, int(granted.get("CPU", 1) or 1)))
-    members = payload["members"]
-    t_fetch = time.perf_counter()
-    dataset = raytune.get_dataset(datasets[payload["data"]])  # a pack's members share their data
-    fetch_s = time.perf_counter() - t_fetch
-
-    configs = [TrialConfig(**m["config"]) for m in members]
-    interval = payload.get("report_interval", REPORT_INTERVAL_S)
-    reports = [EpochBuffer(m["name"], raytune.report, m.get("inject_failure"), interval) for m in members]
-    # An error raised by the trial's own code is reported as the trial's outcome (FAILED), never raised
-    # to Ray: what Ray sees fail is then a lost process or node, which FailureConfig retries.
-    try:
-        if len(members) == 1:
-            try:
-                results: list[Any] = [train(configs[0], reports[0], dataset=dataset)]
-            except Exception as e:  # noqa: BLE001 - DivergedError included
-                results = [e]
-        else:
-            from rgsweep.packed import train_packed
-
-            try:
-                results = train_packed(configs, reports, dataset=dataset)
-            except Exception as e:  # noqa: BLE001 - the whole pack failed
-                results = [e] * len(members)
-    finally:  # a trial that raises still sends the epochs it trained, so its FAILED run has its curve
-        for r in reports:
-            r.flush()
-    # A pack shares its device: each member is charged an equal part of the time the pack held it.
-    cost = trial_cost(configs[0].device, (time.monotonic() - started) / len(members), granted)
-    for m, res in zip(members, results):
-        if isinstance(res, DivergedError):
-            summary, status = res.summary, "diverged"
-        elif isinstance(res, BaseException):  # this trial raised: it alone is FAILED
-            summary, status = {"error": "".join(traceback.format_exception(res))[-4000:]}, "failed"
-        else:
-            summary, status = res, "finished"
-        summary["data_fetch_s"] = fetch_s
-        summary.update(cost)
-        last = summary.pop("last_epoch", None) or {}
-        # The last epoch's numbers ride along so Ray's table shows them for finished trials too.
-        raytune.report({**last, "member": m["name"],
-                        SUMMARY_KEY: json.dumps({"status": status, "ray_node": raytune.node_id(), **summary},
-                                                default=str)})
-
-
-EPOCHS_KEY = "rgsweep_epochs"
-REPORT_INTERVAL_S = 1.0
-
-
-class EpochBuffer:
-    """A trial's per-epoch `report`, sending its epochs to the driver in batches.
-
-    A Ray report is a round trip to the driver (the trial waits for it), and the driver then writes the
-    epoch to MLflow: 17 ms an epoch on a 2-core machine, ~40 ms with two trials running beside the
-    driver, more than a digits epoch takes to train (benchmarks/sweep_overhead.py).
-    So epochs are sent together, at most every `interval` seconds (the first epoch at once, so Ray's
-    table fills in), and the driver logs each batch in one MLflow call. Every epoch still becomes its
-    own MLflow step; `flush` sends what is left (the trainable calls it before the summary and when
-    the trial raises). `fail_at` injects a fault for tests (see `inject_fault`).
-    """
-
-    def __init__(self, name: str, send: Any, fail_at: Any = None, interval: float = REPORT_INTERVAL_S):
-        self.name, self.send, self.fail_at, self.interval = name, send, fail_at, interval
-        self.pending: list[dict[str, Any]] = []
-        self.last_sent: float | None = None
-
-    def __call__(self, metrics: dict[str, Any]) -> None:
-        if self.fail_at is not None:
-            inject_fault(self.name, self.fail_at, metrics["epoch"], self.flush)
-        self.pending.append(dict(metrics))
-        if self.last_sent is None or time.monotonic() - self.last_sent >= self.interval:
-            self.flush()
-
-    def flush(self) -> None:
-        if not self.pending:
-            return
-        # The newest epoch's numbers at the top level are what Ray's progress table shows.
-        self.send({**self.pending[-1], "member": self.name, EPOCHS_KEY: json.dumps(self.pending)})
-        self.pending = []
-        self.last_sent = time.monotonic()
-
-
-def inject_fault(name: str, fault: Any, epoch: int, flush: Any) -> None:
-    """Fault injection for tests (`run_sweep(inject_failure={trial name: fault})`, or $RGSWEEP_FAULTS as
-    JSON for a driver in a subprocess), checked before epoch `epoch` is reported:
-
-    - an int N: raise at epoch N, as a bug in the trial's code would;
-    - `{"hang_at": N, "pid_dir": D, "times": T, "until": F}`: at epoch N, on the trial's first T attempts,
-      send the epochs so far, write this process's pid to `D/<name>.<attempt>.pid`, then wait: until file
-      F exists (the test has broken something and lets the trial go on), or, without F, to be killed
-      from outside (a worker lost to the OOM killer or a dead node).
-    """
-    if not isinstance(fault, dict):
-        if epoch >= fault:
-            raise RuntimeError(f"injected failure at epoch {epoch}")
-        return
-    pid_dir = Path(fault["pid_dir"])
-    attempt = len(list(pid_dir.glob(f"{name}.*.pid")))
-    if epoch < fault["hang_at"] or attempt >= fault.get("times", 1):
-        return
-    flush()
-    tmp = pid_dir / f".{name}.{attempt}.tmp"
-    tmp.write_text(str(os.getpid()))
-    tmp.rename(pid_dir / f"{name}.{attempt}.pid")  # atomic: the test never reads a half-written pid
-    deadline = time.monotonic() + fault.get("timeout", 300)
-    release = Path(fault["until"]) if fault.get("until") else None
-    while time.monotonic() < deadline:
-        if release is not None and release.exists():
-            return
-        threading.Event().wait(0.1)
-    raise RuntimeError("injected hang: nobody released or killed this trial")
-
-
 def faults_from_env() -> dict[str, Any] | None:
-    """$RGSWEEP_FAULTS: fault injection for a driver the tests start as a subprocess (see inject_fault)."""
+    """$RGSWEEP_FAULTS: fault injection for a driver the tests start as a subprocess (see trials.inject_fault)."""
     text = os.environ.get("RGSWEEP_FAULTS")
     return json.loads(text) if text else None
 
@@ -468,7 +338,7 @@ class SweepTracker:
         res = self.plan.spec.resources
         resources = fit_resources({"cpu": res.cpu, "gpu": res.gpu}, raytune.cluster_resources())
         raytune.run_trials(
-            trainable, name=folder,
+            sweep_trainable, name=folder,
             storage_path=a.get("storage_path") or os.environ.get("RGSWEEP_STORAGE") or default_storage(self.uri),
             resources=resources, callbacks=[callback], payloads=payloads,
             datasets=a["data"].select(t.config for t in self.todo),
@@ -671,7 +541,7 @@ def run_sweep(
     data: SweepData | None = None,
 ) -> tuple[int, dict[str, int]]:
     """Run (or resume) a sweep; returns (exit code, counts). Trials send their epochs to the driver at
-    most every `report_interval` seconds (0: every epoch, one round trip each; see EpochBuffer).
+    most every `report_interval` seconds (0: every epoch, one round trip each; see trials.EpochBuffer).
 
     `data`: the sweep's datasets, as `preload(t.config for t in plan.trials)` (rgsweep/preload.py)
     returns them; when None they are loaded here first, before any MLflow run or Ray. Passing them lets

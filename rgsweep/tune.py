@@ -61,7 +61,6 @@ import math
 import os
 import sys
 import time
-import traceback
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -77,19 +76,17 @@ from rgsweep.lifecycle import (
     DEFAULT_RETRIES,
     DEFAULT_SMOKE,
     EPOCH_KEYS,
-    SUMMARY_KEY,
     Resources,
     add_run_args,
     default_storage,
     fit_resources,
     overrides_from_args,
-    trial_cost,
     ui_hint,
 )
 from rgsweep.preload import SweepData, preload
 from rgsweep.progress import Progress
+from rgsweep.trials import FAILED_KEY, SUMMARY_KEY, study_trainable, trial_config
 
-FAILED_KEY = "rgsweep_failed"  # set on a trial's summary result when it diverged (Optuna: FAIL)
 DEFAULT_VAL_FRACTION = 0.1
 # Keys that define the objective's data or the trial budget, or only where/how a trial runs: tuning
 # them would compare trials on different validation sets (the split depends on dataset, subset and
@@ -293,11 +290,6 @@ class TuningPlan:
         return [round(self.grace_period * rf**k) for k in range(n)]
 
 
-def trial_config(base: dict[str, Any], params: dict[str, Any], where: str = "") -> TrialConfig:
-    """The trial's config: the base with its sampled values on top (driver and worker use this one function)."""
-    return make_config({**base, **params}, where=where)
-
-
 def plan_tuning(
     spec: TuningSpec, path: Path, overrides: dict[str, Any] | None = None, smoke: bool = False,
     n_trials: int | None = None,
@@ -341,48 +333,6 @@ def plan_tuning(
     study = f"{spec.name}-smoke" if smoke else spec.name
     experiment = spec.experiment or spec.name
     return TuningPlan(spec, path, cfg, study, f"{experiment}-smoke" if smoke else experiment, trials, grace, smoke)
-
-
-# -- the trainable (runs on a Ray worker) ---------------------------------------------------------
-def trainable(config: dict[str, Any], base: dict[str, Any], datasets: dict[str, Any]) -> None:
-    """Train one sampled config on the study's dataset (from the object store); report every epoch (ASHA
-    and Optuna read `val_acc` from them), then a summary result that marks the trial as ended by itself
-    (not pruned) and carries the run summary."""
-    import torch
-
-    from rgsweep import raytune
-    from rgsweep.train import DivergedError, train
-
-    started = time.monotonic()
-    cfg = trial_config(base, config)
-    granted = raytune.trial_resources()
-    torch.set_num_threads(max(1, int(granted.get("CPU", 1) or 1)))
-    t_fetch = time.perf_counter()
-    (handle,) = datasets.values()  # one dataset per study: dataset, data_dir and subset are not tunable
-    dataset = raytune.get_dataset(handle)
-    fetch_s = time.perf_counter() - t_fetch
-    last: dict[str, Any] = {}
-
-    def report(metrics: dict[str, Any]) -> None:
-        last.clear()
-        last.update(metrics)
-        raytune.report(metrics)
-
-    # An error raised by the trial's own code is its outcome (FAIL), never raised to Ray: what Ray sees
-    # fail is then a lost process or node, which FailureConfig retries.
-    try:
-        summary, status = train(cfg, report, dataset=dataset), "complete"
-    except DivergedError as e:
-        summary, status = e.summary, "diverged"
-    except Exception as e:  # noqa: BLE001
-        summary, status = {"error": "".join(traceback.format_exception(e))[-4000:]}, "failed"
-    summary.pop("last_epoch", None)
-    summary["data_fetch_s"] = fetch_s
-    summary.update(trial_cost(cfg.device, time.monotonic() - started, granted))
-    # The last epoch's numbers ride along: Optuna's value is this result's val_acc (that epoch's).
-    raytune.report({**last, FAILED_KEY: status != "complete",
-                    SUMMARY_KEY: json.dumps({"status": status, "ray_node": raytune.node_id(), **summary},
-                                            default=str)})
 
 
 # -- MLflow from the driver -----------------------------------------------------------------------
@@ -495,7 +445,7 @@ class StudyTracker:
         res = plan.spec.resources
         resources = self.resources = fit_resources({"cpu": res.cpu, "gpu": res.gpu}, raytune.cluster_resources())
         raytune.run_trials(
-            trainable, name=folder,
+            study_trainable, name=folder,
             storage_path=a.get("storage_path") or os.environ.get("RGSWEEP_STORAGE") or default_storage(self.uri),
             resources=resources, callbacks=[callback], search_alg=self.searcher, scheduler=scheduler,
             num_samples=plan.n_trials, max_concurrent=a.get("max_concurrent") or plan.spec.max_concurrent,

@@ -219,7 +219,7 @@ def test_packed_sweep_gives_each_trial_its_own_run(tmp_path, ray_session, client
 
 
 def test_epoch_buffer_sends_the_first_epoch_then_batches_until_flush():
-    from rgsweep.sweep import EPOCHS_KEY, EpochBuffer
+    from rgsweep.trials import EPOCHS_KEY, EpochBuffer
 
     sent: list[dict] = []
     buf = EpochBuffer("t", sent.append, interval=3600)

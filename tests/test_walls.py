@@ -1,0 +1,59 @@
+"""The walls between modules, checked in fresh interpreters (what a Ray worker or a notebook pays for).
+
+- A Ray worker imports the module of its trainable (rgsweep.trials) and what the trainable imports when
+  it runs: torch, Ray Tune, the training loop. Never MLflow, matplotlib or the drivers' modules (sweep,
+  tune, lifecycle, tracking, analysis): each of those costs every new worker seconds before its first
+  epoch (benchmarks/README.md, "Data hand-off").
+- The training loop imports no Ray and no MLflow; the data and the models never import each other.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+# Each check runs in a child forked from one interpreter that has imported torch alone (a second each
+# instead of a fresh torch import per check); a child sees exactly what its own imports loaded.
+CHECKER = r"""
+import json, os, sys
+import torch  # every module below may import it
+checks = json.loads(sys.argv[1])
+out = {}
+for name, (imports, banned) in checks.items():
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        for m in imports:
+            __import__(m)
+        os.write(w, json.dumps([b for b in banned if b in sys.modules]).encode())
+        os._exit(0)
+    os.close(w)
+    with os.fdopen(r) as f:
+        text = f.read()
+    _, status = os.waitpid(pid, 0)
+    out[name] = json.loads(text) if status == 0 and text else f"child failed with status {status}"
+print(json.dumps(out))
+"""
+
+DRIVER_ONLY = ["mlflow", "matplotlib", "rgsweep.tracking", "rgsweep.lifecycle", "rgsweep.sweep", "rgsweep.tune",
+               "rgsweep.analysis", "rgsweep.preload", "rgsweep.progress"]
+CHECKS = {
+    "a Ray worker": (["ray.tune", "rgsweep.trials", "rgsweep.raytune", "rgsweep.train", "rgsweep.packed"],
+                     DRIVER_ONLY),
+    "the training loop": (["rgsweep.train", "rgsweep.packed"], ["ray", "mlflow", "optuna", "pandas"]),
+    "the data": (["rgsweep.data.sources", "rgsweep.data.corruption", "rgsweep.data.augment",
+                  "rgsweep.data.preprocess"], ["rgsweep.models"]),
+    "the models": (["rgsweep.models"], ["rgsweep.data"]),
+}
+
+
+def test_module_walls():
+    out = subprocess.run([sys.executable, "-c", CHECKER, json.dumps(CHECKS)], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    loaded = json.loads(out.stdout.strip().splitlines()[-1])
+    assert set(loaded) == set(CHECKS)
+    broken = {name: mods for name, mods in loaded.items() if mods != []}
+    assert broken == {}, f"imports across a wall: {broken}"
