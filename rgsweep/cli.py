@@ -197,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_models)
 
     # Other modules add their own subcommands; an import error there must not break `train`.
-    for module in ("rgsweep.sweep", "rgsweep.tune", "rgsweep.analysis.commands"):
+    for module in ("rgsweep.commands", "rgsweep.analysis.commands"):
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as e:

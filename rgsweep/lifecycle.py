@@ -426,18 +426,3 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     if args.download:
         overrides["download"] = True
     return overrides
-
-
-def add_run_args(p: argparse.ArgumentParser) -> None:
-    """Options shared by `rgsweep sweep` and `rgsweep tune`: data overrides, Ray, MLflow."""
-    p.add_argument("--dataset", help="override the dataset of every trial")
-    p.add_argument("--data-dir", help="override the data dir of every trial (relative to the current directory)")
-    p.add_argument("--download", action="store_true", help="allow downloading the dataset")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override a trial key for every trial, grid values included (repeatable)")
-    p.add_argument("--ray-address", help="join this Ray cluster (default $RAY_ADDRESS, else a local instance)")
-    p.add_argument("--storage-path", help="Ray Tune state (default mlruns/ray beside the store; s3://... for clusters)")
-    p.add_argument("--max-concurrent", type=int, help="cap on trials running at once")
-    p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance (default: all)")
-    p.add_argument("--tracking-uri", help="MLflow store (default $MLFLOW_TRACKING_URI or sqlite:///mlruns/mlflow.db)")
-    p.add_argument("--verbose", action="store_true", help="also print Ray's status table (default: one progress line)")

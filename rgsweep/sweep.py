@@ -54,7 +54,6 @@ from rgsweep.lifecycle import (
     DEFAULT_SMOKE,
     EPOCH_KEYS,
     Resources,
-    add_run_args,
     default_storage,
     fit_resources,
     overrides_from_args,
@@ -656,24 +655,6 @@ def seeds_override(flag: str | None, overrides: dict[str, Any]) -> list[int] | N
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"--seeds: {raw!r} repeats a seed; each seed runs every trial once")
     return seeds
-
-
-def register(sub: Any) -> None:
-    p = sub.add_parser("sweep", help="run a grid sweep file on Ray Tune, every trial an MLflow run")
-    p.add_argument("file", help="sweep file (sweeps/*.yaml)")
-    p.add_argument("--dry-run", action="store_true", help="print the expanded trials and their count")
-    p.add_argument("--smoke", action="store_true", help="tiny variant: the file's smoke overrides, 2 values per key")
-    p.add_argument("--resume", action="store_true", help="continue the last run of this sweep; skip FINISHED trials")
-    p.add_argument("--rerun-failed", action="store_true", help="with --resume: run FAILED trials again")
-    p.add_argument("--cpus-per-trial", type=float, help="override resources.cpu")
-    p.add_argument("--gpus-per-trial", type=float, help="override resources.gpu (fractions share a GPU)")
-    p.add_argument("--pack", type=int, help="override pack: train up to this many compatible trials together")
-    p.add_argument("--baseline", help="baseline file to start from instead of the file's `baseline:` "
-                   "(e.g. mlruns/baselines/tune-demo.yaml, written by `rgsweep tune`)")
-    p.add_argument("--seeds", metavar="S,S,...", help="override seeds, e.g. 0,1,2 (also --set seeds=[0,1,2]): "
-                                                     "results are then shown as mean ± std over them")
-    add_run_args(p)
-    p.set_defaults(func=cmd_sweep)
 
 
 if __name__ == "__main__":

@@ -77,7 +77,6 @@ from rgsweep.lifecycle import (
     DEFAULT_SMOKE,
     EPOCH_KEYS,
     Resources,
-    add_run_args,
     default_storage,
     fit_resources,
     overrides_from_args,
@@ -784,21 +783,6 @@ def cmd_tune(args: argparse.Namespace) -> int:
         num_cpus=args.num_cpus, baseline_out=args.baseline_out, data=data, verbose=int(args.verbose),
     )
     return code
-
-
-def register(sub: Any) -> None:
-    p = sub.add_parser("tune", help="Optuna search for baseline hyperparameters on Ray Tune, every trial in MLflow")
-    p.add_argument("file", help="tuning file (sweeps/tune-*.yaml)")
-    p.add_argument("--dry-run", action="store_true", help="print the resolved study plan and exit")
-    p.add_argument("--smoke", action="store_true", help="tiny variant (the file's smoke overrides), throwaway study")
-    p.add_argument("--resume", action="store_true", help="add trials to the existing study instead of refusing")
-    p.add_argument("--restart", action="store_true", help="delete the existing study and start a new one")
-    p.add_argument("--n-trials", type=int, help="trials to run in this invocation (default: the file's n_trials)")
-    p.add_argument("--baseline-out",
-                   help="where to write the best params (default: baselines/<name>.yaml beside the MLflow store)")
-    p.add_argument("--storage", help="Optuna storage URL (default: sqlite:///.../optuna.db beside the MLflow store)")
-    add_run_args(p)
-    p.set_defaults(func=cmd_tune)
 
 
 if __name__ == "__main__":
