@@ -18,7 +18,6 @@ def lazy(module: str, name: str) -> Callable[[argparse.Namespace], Any]:
     def run(args: argparse.Namespace) -> Any:
         return getattr(importlib.import_module(module), name)(args)
 
-    run.__qualname__ = f"{module}.{name}"
     return run
 
 

@@ -105,7 +105,6 @@ def sweep_trainable(config: dict[str, Any], payloads: dict[str, dict[str, Any]],
                                                 default=str)})
 
 
-
 class EpochBuffer:
     """A trial's per-epoch `report`, sending its epochs to the driver in batches.
 
