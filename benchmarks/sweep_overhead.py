@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
@@ -139,7 +138,6 @@ def main(argv: list[str] | None = None) -> int:
     sizes = tuple(int(s) for s in args.trials.split(","))
     if len(sizes) != 2 or sizes[0] >= sizes[1] or sizes[0] < 1:
         p.error("--trials takes two increasing sizes, e.g. 2,6")
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     result = measure(sizes, args.epochs, args.long_epochs)  # type: ignore[arg-type]
     report(result)
     if args.out:
