@@ -188,6 +188,27 @@ def _quiet_slow_warnings(quiet: bool) -> None:
             logger.addFilter(_DropSlowWarnings())
 
 
+class _DropUnwrittenResultFiles(logging.Filter):
+    """With Tune's loggers off, `Tuner.fit` ends by looking for each trial's result.json/progress.csv to
+    build a results table rgsweep never reads, and warns "Failed to fetch metrics for N trial(s)"."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Failed to fetch metrics for" not in record.getMessage()
+
+
+def _tune_loggers() -> None:
+    """Ray Tune's own per-trial loggers (result.json, progress.csv, TensorBoard events) copy what MLflow
+    holds, and Ray syncs them from its session folder to the storage path while they are written: with
+    them on, a Ctrl-C'd sweep once printed Ray's "Saving experiment state to storage ... failed" traceback
+    (CI, 3a0b290). Off by default; TUNE_DISABLE_AUTO_CALLBACK_LOGGERS=0 brings them back."""
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    logger = logging.getLogger("ray.tune.analysis.experiment_analysis")
+    for f in [f for f in logger.filters if isinstance(f, _DropUnwrittenResultFiles)]:
+        logger.removeFilter(f)
+    if os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] == "1":
+        logger.addFilter(_DropUnwrittenResultFiles())
+
+
 def run_trials(
     trainable: Callable[[dict[str, Any]], Any],
     *,
@@ -225,6 +246,7 @@ def run_trials(
     # of the new engine's per-trial boxes (which bury the table on sweeps of hundreds of trials).
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
     _quiet_slow_warnings(not verbose)
+    _tune_loggers()
     if progress is not None:
         callbacks = [*callbacks, _Forward(progress)]
     reporter = tune.CLIReporter(

@@ -15,7 +15,6 @@ _TMP = Path(tempfile.mkdtemp(prefix="rgsweep-tests-"))
 os.environ.setdefault("RGSWEEP_CACHE", str(_TMP / "cache"))
 os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{_TMP / 'mlruns' / 'mlflow.db'}"  # never the repo's store
 os.environ.setdefault("RAY_DEDUP_LOGS", "1")
-# Ray Tune's own per-trial loggers (JSON, CSV, TensorBoard) stay on: the tests run sweeps as users do.
 # Ray's raylet prints "... is over 95% full" to every driver's stderr each 10 s once the disk's free share
 # falls under 5%. CI hosts share a large disk: the run of 68554ca failed 4 tests that assert exact stderr
 # (10 GB free of 252 GB). The tests spill nothing, so they warn only above 99% (Ray reads RAY_<config>).

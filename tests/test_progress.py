@@ -138,9 +138,30 @@ def test_sweep_without_a_terminal_prints_progress_lines_and_no_status_table(tmp_
     assert any(line.startswith("progress: trials 1/2 done") for line in lines), lines
     assert lines[-1].startswith("progress: trials 2/2 done (1 finished, 1 failed), 0 running"), lines
     assert "best test_acc" in lines[-1] and "mlp1x512" in lines[-1]
-    # No status table, no redraws, no slow-step warnings.
-    for needle in ("Trial status", "== Status ==", "+--", "Current time", "\r", "\x1b[", "performance bottleneck"):
+    # No status table, no redraws, no slow-step warnings, nothing about Ray's own result files (off).
+    for needle in ("Trial status", "== Status ==", "+--", "Current time", "\r", "\x1b[", "performance bottleneck",
+                   "Failed to fetch metrics", "Traceback"):
         assert needle not in out, (needle, out[-3000:])
     exp = client.get_experiment_by_name("progress-pipe")
     parent = client.search_runs([exp.experiment_id], "tags.`rgsweep.kind` = 'sweep'")[0]
     assert "report/data_samples.png" in [a.path for a in client.list_artifacts(parent.info.run_id, "report")]
+
+
+def test_ray_tunes_own_loggers_are_off_unless_the_user_turns_them_on(monkeypatch):
+    """MLflow holds every result; Tune's result.json/progress.csv/TensorBoard copies are off by default, and
+    the warning Tune then gives at the end ("Failed to fetch metrics") is dropped only while they are off."""
+    import logging
+
+    from rgsweep import raytune
+
+    logger = logging.getLogger("ray.tune.analysis.experiment_analysis")
+    record = logger.makeRecord(logger.name, logging.WARNING, __file__, 1, "Failed to fetch metrics for 2 trial(s)",
+                               None, None)
+    monkeypatch.delenv("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", raising=False)
+    raytune._tune_loggers()
+    assert os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] == "1" and not logger.filter(record)
+    monkeypatch.setenv("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "0")
+    raytune._tune_loggers()
+    assert logger.filter(record)
+    monkeypatch.delenv("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS")
+    raytune._tune_loggers()
