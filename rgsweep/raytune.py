@@ -179,13 +179,14 @@ class _DropSlowWarnings(logging.Filter):
 _SLOW_WARNING_LOGGERS = ("ray.tune.utils.util", "ray.tune.execution.tune_controller")
 
 
-def _quiet_slow_warnings(quiet: bool) -> None:
-    for name in _SLOW_WARNING_LOGGERS:
+def _set_filter(names: tuple[str, ...], kind: type[logging.Filter], on: bool) -> None:
+    """One filter of `kind` on each named logger when `on`, none otherwise (calls repeat per sweep)."""
+    for name in names:
         logger = logging.getLogger(name)
-        for f in [f for f in logger.filters if isinstance(f, _DropSlowWarnings)]:
+        for f in [f for f in logger.filters if isinstance(f, kind)]:
             logger.removeFilter(f)
-        if quiet:
-            logger.addFilter(_DropSlowWarnings())
+        if on:
+            logger.addFilter(kind())
 
 
 class _DropUnwrittenResultFiles(logging.Filter):
@@ -198,15 +199,12 @@ class _DropUnwrittenResultFiles(logging.Filter):
 
 def _tune_loggers() -> None:
     """Ray Tune's own per-trial loggers (result.json, progress.csv, TensorBoard events) copy what MLflow
-    holds, and Ray syncs them from its session folder to the storage path while they are written: with
-    them on, a Ctrl-C'd sweep once printed Ray's "Saving experiment state to storage ... failed" traceback
-    (CI, 3a0b290). Off by default; TUNE_DISABLE_AUTO_CALLBACK_LOGGERS=0 brings them back."""
+    holds. With them on, a Ctrl-C'd sweep once printed Ray's "Saving experiment state to storage ... failed"
+    traceback (CI, 3a0b290; Ray copies its session folder, these files included, to the storage path:
+    the likely cause, not proven). Off by default; TUNE_DISABLE_AUTO_CALLBACK_LOGGERS=0 brings them back."""
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-    logger = logging.getLogger("ray.tune.analysis.experiment_analysis")
-    for f in [f for f in logger.filters if isinstance(f, _DropUnwrittenResultFiles)]:
-        logger.removeFilter(f)
-    if os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] == "1":
-        logger.addFilter(_DropUnwrittenResultFiles())
+    _set_filter(("ray.tune.analysis.experiment_analysis",), _DropUnwrittenResultFiles,
+                os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] == "1")
 
 
 def run_trials(
@@ -245,7 +243,7 @@ def run_trials(
     # Ray's classic reporter: a compact table every 30 s with the epoch metrics that matter, instead
     # of the new engine's per-trial boxes (which bury the table on sweeps of hundreds of trials).
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
-    _quiet_slow_warnings(not verbose)
+    _set_filter(_SLOW_WARNING_LOGGERS, _DropSlowWarnings, not verbose)
     _tune_loggers()
     if progress is not None:
         callbacks = [*callbacks, _Forward(progress)]

@@ -164,4 +164,5 @@ def test_ray_tunes_own_loggers_are_off_unless_the_user_turns_them_on(monkeypatch
     raytune._tune_loggers()
     assert logger.filter(record)
     monkeypatch.delenv("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS")
-    raytune._tune_loggers()
+    raytune._tune_loggers()  # back to the default for the tests that follow
+    assert not logger.filter(record)
