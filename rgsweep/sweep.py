@@ -191,7 +191,9 @@ def expand(
         values.update(overrides)  # the command line wins over the grid
         for seed in seeds:
             values_s = {**values, "seed": seed}
-            where = f"{path} (trial {', '.join(f'{k}={_fmt_value(v)}' for k, v in chosen.items())})"
+            # A file without a grid has one trial, its base: "(trial )" would name nothing.
+            where = f"{path} (trial {', '.join(f'{k}={_fmt_value(v)}' for k, v in chosen.items())})" if chosen \
+                else f"{path} (base)"
             cfg = make_config(values_s, where=where)
             key = cfg.key()
             if key in seen:  # two grid points that resolve to the same trial run once

@@ -199,6 +199,15 @@ def test_expand_rejects_bad_trial_with_its_values(tmp_path):
     assert "lr=-1.0" in str(e.value) and "greater than 0" in str(e.value)
 
 
+def test_a_file_without_a_grid_names_its_base_when_it_is_invalid(tmp_path):
+    path = write_sweep(tmp_path, "bad-base")
+    path.write_text(path.read_text().replace("arch: mlp1x512", "arch: nosuch"))
+    with pytest.raises(ConfigError) as e:
+        expand(load_spec(path), path)
+    msg = str(e.value)
+    assert f"{path} (base): arch='nosuch'" in msg and "allowed: mlp1x512" in msg and "(trial )" not in msg
+
+
 def test_packed_sweep_gives_each_trial_its_own_run(tmp_path, ray_session, client, tracking_uri):
     path = write_sweep(tmp_path, "grid-packed", grid={"label_noise": [0.0, 0.5, 1.0]}, seeds=[0, 1], pack=4)
     plan = expand(load_spec(path), path)
