@@ -208,9 +208,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def unknown_args_error(command: str, extra: list[str], argv: list[str]) -> str:
+    """argparse's "unrecognized arguments" line, named after the subcommand, and for `sweep` and `tune`
+    the `--set` form of a trial key given as a flag (`--epochs 3` is `--set epochs=3` there)."""
+    line = f"rgsweep {command}: error: unrecognized arguments: {' '.join(extra)}"
+    if command not in ("sweep", "tune"):
+        return line
+    hints = []
+    for arg in dict.fromkeys(a for a in extra if a.startswith("--")):
+        key, eq, value = arg[2:].partition("=")
+        key = key.replace("-", "_")
+        if key in TrialConfig.model_fields:
+            if not eq:  # its value is the word after it on the command line (argparse may have taken it)
+                i = argv.index(arg)
+                nxt = argv[i + 1] if i + 1 < len(argv) else ""
+                value = nxt if nxt and not nxt.startswith("--") else "VALUE"
+            hints.append(f"--set {key}={value}")
+    return line + (f"; trial keys go through --set: {' '.join(hints)}" if hints else "")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        print(unknown_args_error(args.command, extra, argv), file=sys.stderr)
+        return EXIT_USAGE
     try:
         return int(args.func(args) or 0)
     except ConfigError as e:

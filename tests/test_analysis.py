@@ -145,6 +145,22 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+@pytest.mark.parametrize("command", [["export"], ["report", "--experiment", "demo"], ["ui"]])
+def test_reading_commands_refuse_a_store_that_does_not_exist_and_create_nothing(command, tmp_path, capsys,
+                                                                               monkeypatch):
+    """A mistyped path, or the command run from another directory than the sweep, used to become a new
+    empty store (migrations, an mlruns/ folder) and "unknown experiment 'demo' (known: Default)"."""
+    monkeypatch.chdir(tmp_path)
+    for uri, where in ((f"sqlite:///{tmp_path}/typo/mlflow.db", tmp_path / "typo" / "mlflow.db"),
+                       ("sqlite:///mlruns/mlflow.db", tmp_path / "mlruns" / "mlflow.db")):
+        args = _parser().parse_args([*command, "--tracking-uri", uri])
+        assert args.func(args) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"rgsweep {command[0]}: error: no MLflow store at {where} (tracking URI {uri})")
+        assert err.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_commands_parse_and_run(store, tmp_path, capsys):
     parser = _parser()
     ui = parser.parse_args(["ui"])

@@ -95,6 +95,29 @@ def test_bad_input_exits_2_with_clear_message_and_no_run(argv, needles, client, 
     assert _runs(client, "cli-bad") == []
 
 
+@pytest.mark.parametrize(
+    "argv, line",
+    [
+        (["sweep", "s.yaml", "--epochs", "-3"],
+         "rgsweep sweep: error: unrecognized arguments: --epochs -3; trial keys go through --set: --set epochs=-3"),
+        (["sweep", "--epochs", "3", "s.yaml"],  # argparse took "3" as the file: the hint still reads argv
+         "rgsweep sweep: error: unrecognized arguments: --epochs s.yaml; trial keys go through --set: --set epochs=3"),
+        (["tune", "t.yaml", "--label-noise=0.5", "--bogus"],
+         "rgsweep tune: error: unrecognized arguments: --label-noise=0.5 --bogus; trial keys go through --set: "
+         "--set label_noise=0.5"),
+        (["train", "--bogus", "1"], "rgsweep train: error: unrecognized arguments: --bogus 1"),
+        (["export", "--lr", "1"], "rgsweep export: error: unrecognized arguments: --lr 1"),
+    ],
+)
+def test_an_unknown_flag_exits_2_naming_the_command_and_the_set_form_of_a_trial_key(argv, line, tmp_path,
+                                                                                    capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.err == line + "\n" and captured.out == ""
+    assert list(tmp_path.iterdir()) == []  # nothing started: no store, no Ray folder
+
+
 def test_unknown_config_file_key_exits_2(tmp_path, capsys, client, tracking_uri):
     cfg = tmp_path / "bad.yaml"
     cfg.write_text("dataset: synthetic\nlearning_rate: 0.1\n")

@@ -41,9 +41,21 @@ class AnalysisError(Exception):
 
 
 def resolve_uri(uri: str | None) -> str:
-    """rgsweep.tracking's rule (flag > $MLFLOW_TRACKING_URI > ./mlruns/mlflow.db), errors made user-facing."""
+    """rgsweep.tracking's rule (flag > $MLFLOW_TRACKING_URI > ./mlruns/mlflow.db), errors made user-facing.
+
+    The commands that read a store (export, report, ui) never create one: a mistyped path, or a command
+    run from another directory than the sweep, would otherwise become a new empty store and an
+    "unknown experiment" error that hides the cause."""
     from rgsweep import tracking  # imports mlflow: kept out of module import for load_export's sake
 
+    given = tracking.given_uri(uri)
+    if given.startswith("sqlite:///"):
+        path = Path(given[len("sqlite:///"):]).resolve()  # sqlite:////abs keeps its leading slash
+        if not path.is_file():
+            raise AnalysisError(
+                f"no MLflow store at {path} (tracking URI {given}): nothing has been tracked there; a relative "
+                "sqlite:/// path is read from the current directory, so run this where the sweep ran or pass "
+                "--tracking-uri sqlite:////absolute/path/mlflow.db")
     try:
         return tracking.resolve_tracking_uri(uri)
     except ValueError as e:
