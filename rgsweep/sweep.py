@@ -601,6 +601,9 @@ def packing_line(n_trials: int, n_ray: int, pack: int) -> str:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    if args.rerun_failed and not args.resume:  # alone it would start a new sweep, the flag ignored
+        raise ConfigError("--rerun-failed runs the FAILED trials of a resumed sweep again: add --resume "
+                          f"(rgsweep sweep {args.file} --resume --rerun-failed)")
     path = Path(args.file)
     spec = load_spec(path)
     overrides = overrides_from_args(args)

@@ -771,6 +771,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
         raise ConfigError(f"--max-concurrent must be >= 1, got {args.max_concurrent}")
     if args.resume and args.restart:
         raise ConfigError("--resume and --restart exclude each other")
+    if args.resume and args.smoke:  # a smoke study is deleted first: --resume would be ignored
+        raise ConfigError("--smoke runs a throwaway study, deleted before it starts: it cannot be resumed; "
+                          "drop --resume or --smoke")
     if args.dry_run:
         given = tracking.given_uri(args.tracking_uri)
         print(describe(plan, args.storage or default_optuna_storage(given), tracking.resolve_tracking_uri(given)))

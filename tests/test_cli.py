@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -116,6 +117,25 @@ def test_an_unknown_flag_exits_2_naming_the_command_and_the_set_form_of_a_trial_
     captured = capsys.readouterr()
     assert captured.err == line + "\n" and captured.out == ""
     assert list(tmp_path.iterdir()) == []  # nothing started: no store, no Ray folder
+
+
+@pytest.mark.parametrize(
+    "argv, line",
+    [
+        (["sweep", "{repo}/sweeps/demo.yaml", "--rerun-failed"],
+         "rgsweep sweep: error: --rerun-failed runs the FAILED trials of a resumed sweep again: add --resume "
+         "(rgsweep sweep {repo}/sweeps/demo.yaml --resume --rerun-failed)"),
+        (["tune", "{repo}/sweeps/tune-demo.yaml", "--smoke", "--resume"],
+         "rgsweep tune: error: --smoke runs a throwaway study, deleted before it starts: it cannot be resumed; "
+         "drop --resume or --smoke"),
+    ],
+)
+def test_a_flag_that_would_be_ignored_exits_2_before_anything_starts(argv, line, tmp_path, capsys, monkeypatch):
+    repo = str(Path(__file__).resolve().parents[1])
+    monkeypatch.chdir(tmp_path)
+    assert main([a.format(repo=repo) for a in argv]) == 2
+    assert capsys.readouterr().err == line.format(repo=repo) + "\n"
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_unknown_config_file_key_exits_2(tmp_path, capsys, client, tracking_uri):
