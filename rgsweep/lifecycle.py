@@ -416,6 +416,22 @@ def parse_set(items: list[str]) -> dict[str, Any]:
     return out
 
 
+def check_run_args(args: argparse.Namespace) -> None:
+    """The Ray options of `sweep` and `tune`, checked before anything starts: out of range, or ignored."""
+    if args.max_concurrent is not None and args.max_concurrent < 1:
+        raise ConfigError(f"--max-concurrent must be >= 1, got {args.max_concurrent}")
+    if args.num_cpus is None:
+        return
+    if args.num_cpus < 1:
+        raise ConfigError(f"--num-cpus must be >= 1, got {args.num_cpus}")
+    address = args.ray_address or os.environ.get("RAY_ADDRESS")
+    if address:  # joining a cluster, Ray would ignore it
+        source = "--ray-address" if args.ray_address else "$RAY_ADDRESS"
+        raise ConfigError(
+            f"--num-cpus sizes a local Ray instance, but this command joins the cluster at {address} ({source}): "
+            "the cluster's nodes have their CPUs (`ray start --num-cpus`); cap the trials with --max-concurrent")
+
+
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """Trial keys set on the command line (`--set`, `--dataset`, `--data-dir`, `--download`)."""
     overrides = parse_set(args.set)

@@ -610,16 +610,15 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     seeds = seeds_override(args.seeds, overrides)
     plan = expand(spec, path, overrides, smoke=args.smoke, seeds=seeds,
                   baseline=Path(args.baseline) if args.baseline else None)
-    if args.cpus_per_trial or args.gpus_per_trial is not None:
+    if args.cpus_per_trial is not None or args.gpus_per_trial is not None:  # 0 is refused, not ignored
         try:
             plan.spec.resources = Resources(
-                cpu=args.cpus_per_trial or plan.spec.resources.cpu,
+                cpu=plan.spec.resources.cpu if args.cpus_per_trial is None else args.cpus_per_trial,
                 gpu=plan.spec.resources.gpu if args.gpus_per_trial is None else args.gpus_per_trial,
             )
         except ValidationError as e:
             raise ConfigError(f"--cpus-per-trial/--gpus-per-trial: {e.errors()[0]['msg']}") from None
-    if args.max_concurrent is not None and args.max_concurrent < 1:
-        raise ConfigError(f"--max-concurrent must be >= 1, got {args.max_concurrent}")
+    lifecycle.check_run_args(args)
     if args.pack is not None:
         if not 1 <= args.pack <= PACK_MAX:
             raise ConfigError(f"--pack must be between 1 and {PACK_MAX} (trials trained together), got {args.pack}")

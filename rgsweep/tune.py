@@ -767,8 +767,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     spec = load_spec(path)
     overrides = overrides_from_args(args)
     plan = plan_tuning(spec, path, overrides, smoke=args.smoke, n_trials=args.n_trials)
-    if args.max_concurrent is not None and args.max_concurrent < 1:
-        raise ConfigError(f"--max-concurrent must be >= 1, got {args.max_concurrent}")
+    lifecycle.check_run_args(args)
     if args.resume and args.restart:
         raise ConfigError("--resume and --restart exclude each other")
     if args.resume and args.smoke:  # a smoke study is deleted first: --resume would be ignored

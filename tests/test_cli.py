@@ -128,6 +128,14 @@ def test_an_unknown_flag_exits_2_naming_the_command_and_the_set_form_of_a_trial_
         (["tune", "{repo}/sweeps/tune-demo.yaml", "--smoke", "--resume"],
          "rgsweep tune: error: --smoke runs a throwaway study, deleted before it starts: it cannot be resumed; "
          "drop --resume or --smoke"),
+        (["sweep", "{repo}/sweeps/demo.yaml", "--num-cpus", "2", "--ray-address", "127.0.0.1:9"],
+         "rgsweep sweep: error: --num-cpus sizes a local Ray instance, but this command joins the cluster at "
+         "127.0.0.1:9 (--ray-address): the cluster's nodes have their CPUs (`ray start --num-cpus`); cap the "
+         "trials with --max-concurrent"),
+        (["tune", "{repo}/sweeps/tune-demo.yaml", "--num-cpus", "0"],
+         "rgsweep tune: error: --num-cpus must be >= 1, got 0"),
+        (["sweep", "{repo}/sweeps/demo.yaml", "--cpus-per-trial", "0"],  # was ignored: 0 is falsy
+         "rgsweep sweep: error: --cpus-per-trial/--gpus-per-trial: Input should be greater than 0"),
     ],
 )
 def test_a_flag_that_would_be_ignored_exits_2_before_anything_starts(argv, line, tmp_path, capsys, monkeypatch):
