@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import time
 import traceback
@@ -15,7 +16,7 @@ from typing import Any
 
 from rgsweep.config import ConfigError, TrialConfig, load_yaml, make_config
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 0, 1, 2, 130, 141  # 128 + signal
 
 
 class _Parser(argparse.ArgumentParser):
@@ -161,11 +162,15 @@ def cmd_models(args: argparse.Namespace) -> int:
     if len(shape) != 3:
         print("rgsweep models: error: --input-shape needs C,H,W such as 3,28,28", file=sys.stderr)
         return EXIT_USAGE
+    try:  # build_model checks the sizes (positive C, H, W and classes) before any row is printed
+        counts = {name: count_params(build_model(name, shape, args.num_classes)) for name in MODELS}
+    except ValueError as e:
+        print(f"rgsweep models: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
     print(f"{'model':<16}{'parameters':>14}  description (input {','.join(map(str, shape))}, "
           f"{args.num_classes} classes)")
     for name, spec in MODELS.items():
-        n = count_params(build_model(name, shape, args.num_classes))
-        print(f"{name:<16}{n:>14,}  {getattr(spec, 'description', '')}")
+        print(f"{name:<16}{counts[name]:>14,}  {getattr(spec, 'description', '')}")
     return EXIT_OK
 
 
@@ -242,6 +247,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `rgsweep models | head`: the reader left; no traceback, the shell's 141
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's own flush at exit fails too
+        return EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":

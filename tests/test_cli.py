@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -173,6 +174,29 @@ def test_models_lists_paper_counts(capsys):
                         ("inception", "1,649,402")]:
         line = next(line for line in out.splitlines() if line.startswith(name + " "))
         assert count in line
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--num-classes", "0"], "num_classes must be positive, got 0"),
+    (["--input-shape", "3,-1,28"], "input_shape must be (C, H, W) with positive sizes, got (3, -1, 28)"),
+])
+def test_models_with_impossible_sizes_exits_2_with_one_line(args, message, capsys):
+    assert main(["models", *args]) == 2
+    captured = capsys.readouterr()
+    assert captured.err == f"rgsweep models: error: {message}\n" and captured.out == ""
+
+
+def test_output_into_a_closed_pipe_exits_141_without_a_traceback():
+    """`rgsweep models | head -1`: the reader is gone before the command writes. The read end is closed
+    before the command starts, so its first write fails whatever the timing."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "rgsweep.cli", "models"], stdout=write_end,
+                              stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write_end)
+    assert proc.returncode == 141 and proc.stderr == ""
 
 
 def test_console_script_entry_point():
