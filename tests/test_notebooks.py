@@ -42,8 +42,11 @@ def test_notebooks_are_stored_without_outputs():
         assert not any("plt." in c.source or "ax.plot" in c.source for c in code), path.name
 
 
-def test_every_notebook_runs_on_a_small_export(export_dir, tmp_path):
+def test_every_notebook_runs_on_a_small_export(export_dir, tmp_path, capfd):
     written = run_notebooks(NB_DIR, export_dir, tmp_path)
+    # The kernels (children writing to this process's stderr) said nothing: over TCP each warned that it
+    # ran without encryption, and a kernel left running warned "Parent appears to have exited" at exit.
+    assert "IPKernelApp" not in capfd.readouterr().err
     assert [p.name for p in written] == NOTEBOOKS and all(p.exists() for p in written)
     for path in written:
         outputs = _outputs(path)
@@ -87,3 +90,21 @@ def test_every_notebook_runs_on_an_export_of_a_real_sweep(sweep_store, tmp_path)
 def test_run_notebooks_needs_an_export(tmp_path):
     with pytest.raises(AnalysisError, match="rgsweep export"):
         run_notebooks(NB_DIR, tmp_path, tmp_path / "out")
+
+
+def test_the_command_finds_rgsweeps_notebooks_from_any_directory(tmp_path, monkeypatch, capsys):
+    """From a directory without notebooks/ (where a user exported their runs) the checkout's own run; a
+    notebooks/ folder with notebooks in the current directory wins, and --dir wins over both."""
+    from rgsweep.analysis.notebooks import SHIPPED, notebook_dir
+    from rgsweep.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert notebook_dir(None) == SHIPPED == NB_DIR
+    assert main(["notebooks", "--export", "exp"]) == 2  # past the notebooks, stopped at the missing export
+    assert capsys.readouterr().err == "rgsweep notebooks: error: no export in exp: run `rgsweep export` first\n"
+    (tmp_path / "notebooks").mkdir()
+    assert notebook_dir(None) == SHIPPED  # an empty notebooks/ is not a notebooks folder
+    shutil.copy(NB_DIR / "01_gen_gap_vs_label_noise.ipynb", tmp_path / "notebooks")
+    assert notebook_dir(None) == Path("notebooks") and notebook_dir("mine") == Path("mine")
+    assert main(["notebooks", "--dir", "mine"]) == 2
+    assert capsys.readouterr().err == f"rgsweep notebooks: error: no notebooks in {tmp_path.resolve() / 'mine'}\n"

@@ -226,7 +226,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--export", default="exports", metavar="DIR", help="export folder (default: exports/)")
     p.add_argument("--out", default="notebooks/executed", metavar="DIR",
                    help="where executed copies go (default: notebooks/executed/)")
-    p.add_argument("--dir", default="notebooks", metavar="DIR", help="notebooks to run (default: notebooks/)")
+    p.add_argument("--dir", metavar="DIR",
+                   help="notebooks to run (default: notebooks/ here if it has any, else rgsweep's own)")
     p.set_defaults(func=cmd_notebooks)
 
     p = subparsers.add_parser("ui", help="the MLflow UI over the tracking store")

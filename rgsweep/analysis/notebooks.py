@@ -10,9 +10,12 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import shutil
+import tempfile
 from pathlib import Path
 
 import nbformat
+from jupyter_client.manager import AsyncKernelManager
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
@@ -27,8 +30,20 @@ class NotebookError(AnalysisError):
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
+SHIPPED = Path(rgsweep.__file__).resolve().parents[1] / "notebooks"  # the checkout's own notebooks/
+
+
+def notebook_dir(nb_dir: str | Path | None) -> Path:
+    """`--dir`, else ./notebooks when it holds notebooks, else the checkout's own: so `rgsweep notebooks`
+    works from wherever the export was made, not only from the checkout."""
+    if nb_dir is not None:
+        return Path(nb_dir)
+    here = Path("notebooks")
+    return here if any(here.glob("*.ipynb")) else SHIPPED
+
+
 def run_notebooks(
-    nb_dir: str | Path = "notebooks",
+    nb_dir: str | Path | None = None,
     export_dir: str | Path = "exports",
     out_dir: str | Path = "notebooks/executed",
     *,
@@ -37,9 +52,10 @@ def run_notebooks(
 ) -> list[Path]:
     """Run every notebook in nb_dir (sorted by name) from nb_dir as working directory. Every executed copy
     is written, failed ones too (they show the traceback); then AnalysisError names the failures."""
-    notebooks = sorted(Path(nb_dir).glob("*.ipynb"))
+    nb_dir = notebook_dir(nb_dir)
+    notebooks = sorted(nb_dir.glob("*.ipynb"))
     if not notebooks:
-        raise AnalysisError(f"no notebooks in {nb_dir}")
+        raise AnalysisError(f"no notebooks in {nb_dir.resolve()}")
     if not (Path(export_dir) / "runs.parquet").exists():
         raise AnalysisError(f"no export in {export_dir}: run `rgsweep export` first")
     out = Path(out_dir)
@@ -54,9 +70,14 @@ def run_notebooks(
     # than one after another on 2 cores); the semaphore bounds how many kernels exist at once.
     slots = asyncio.Semaphore(max_parallel)
 
+    # Kernels talk over unix sockets in a private temp folder, not TCP on 127.0.0.1: no port for another
+    # local user to reach, and no "running over TCP without encryption" warning per kernel on the terminal.
+    sockets = Path(tempfile.mkdtemp(prefix="rgsweep-kernels-"))
+
     async def run_one(path: Path) -> str | None:
         nb = nbformat.read(path, as_version=4)
-        client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
+        km = AsyncKernelManager(kernel_name="python3", transport="ipc", ip=str(sockets / path.stem[:20]))
+        client = NotebookClient(nb, km=km, timeout=timeout, kernel_name="python3",
                                 resources={"metadata": {"path": str(path.parent.resolve())}})
         failure = None
         async with slots:
@@ -65,13 +86,19 @@ def run_notebooks(
             except CellExecutionError as e:
                 last_line = _ANSI.sub("", str(e)).strip().splitlines()[-1]  # tracebacks come coloured
                 failure = f"{path.name}: {last_line}"
+            finally:  # a kernel manager given to nbclient is the giver's to shut down
+                if km.has_kernel:
+                    await km.shutdown_kernel()
         nbformat.write(nb, out / path.name)
         return failure
 
     async def run_all() -> list[str | None]:
         return await asyncio.gather(*(run_one(p) for p in notebooks))
 
-    failures = [f for f in asyncio.run(run_all()) if f]
+    try:
+        failures = [f for f in asyncio.run(run_all()) if f]
+    finally:
+        shutil.rmtree(sockets, ignore_errors=True)
     written = [out / p.name for p in notebooks]
     if failures:
         raise NotebookError("notebooks failed: " + "; ".join(failures) + f" (executed copies in {out})")
