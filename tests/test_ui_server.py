@@ -183,6 +183,22 @@ def test_a_host_beyond_loopback_is_warned_about(host, warned, capsys):
     assert ("has no authentication" in err and f"--host {host}" in err) == warned
 
 
+def test_a_port_in_use_exits_2_before_printing_addresses_that_lead_elsewhere(store, capsys):
+    """An earlier `make ui` (over another store, say) still holds the port: the server would fail to bind
+    only after rgsweep printed addresses that lead to that other server, and rgsweep exited 0."""
+    from rgsweep.cli import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["ui", "--port", str(port), "--tracking-uri", store.uri]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith(f"rgsweep ui: error: 127.0.0.1:{port} is not free (Address already in use)")
+    assert f"--port (make ui PORT={port + 1})" in captured.err and captured.err.count("\n") == 1
+
+
 def test_server_over_a_store_written_by_a_real_sweep(sweep_store, tmp_path):
     from infra import MlflowServer
 

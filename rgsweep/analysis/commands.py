@@ -127,6 +127,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
     try:
         uri = resolve_uri(args.tracking_uri)
+        check_port_free(args.host, args.port)
         urls = runs_table_urls(uri, args.host, args.port)
     except AnalysisError as e:
         return _error("ui", e)
@@ -136,6 +137,27 @@ def cmd_ui(args: argparse.Namespace) -> int:
     print("(Ctrl-C stops the server)", flush=True)
     warn_if_exposed(args.host, args.port)
     return serve(server_command(uri, host=args.host, port=args.port), server_env())
+
+
+def check_port_free(host: str, port: int) -> None:
+    """AnalysisError when host:port is taken. The server would fail to bind only after we printed its
+    addresses, and they would lead to whatever holds the port: often an earlier `make ui` over another store."""
+    import socket
+
+    from rgsweep.analysis.export import AnalysisError
+
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as e:
+        raise AnalysisError(f"--host {host}: {e.strerror}") from None
+    with socket.socket(family, kind, proto) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: TIME_WAIT is free
+        try:
+            s.bind(address)
+        except OSError as e:
+            raise AnalysisError(
+                f"{host}:{port} is not free ({e.strerror}): another `rgsweep ui` or `mlflow server` may still run "
+                f"there; stop it, or pick another port with --port (make ui PORT={port + 1})") from None
 
 
 def warn_if_exposed(host: str, port: int) -> None:
