@@ -59,6 +59,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -547,7 +548,7 @@ class StudyTracker:
         if stats.get("best_params"):
             self.write_baseline(stats)
         print(ui_hint(self.uri, self.exp_id, self.plan.experiment))
-        print(f"Optuna dashboard: optuna-dashboard {self.storage_url}")
+        print(f"Optuna dashboard: {dashboard_command(self.storage_url)}")
         if stop.interrupted:
             return 130
         return 0 if stats["n_complete"] else 1
@@ -645,6 +646,17 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
         path.parent.mkdir(parents=True, exist_ok=True)
         url = f"sqlite:///{path}"
     return optuna.storages.RDBStorage(url)
+
+
+def dashboard_command(storage_url: str) -> str:
+    """How to open the study in optuna-dashboard (an optional extra): on PATH, else beside this interpreter
+    (a venv not activated, as `make` runs it), else say how to install it."""
+    beside = Path(sys.executable).with_name("optuna-dashboard")
+    if shutil.which("optuna-dashboard"):
+        return f"optuna-dashboard {storage_url}"
+    if beside.exists():
+        return f"{beside} {storage_url}"
+    return f"optuna-dashboard {storage_url} (not installed: pip install optuna-dashboard)"
 
 
 def prepare_study(plan: TuningPlan, storage: optuna.storages.BaseStorage, url: str, resume: bool,

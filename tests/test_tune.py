@@ -316,3 +316,21 @@ def test_asha_rungs_come_before_the_last_epoch_and_match_the_plan(tmp_path, epoc
     plan = plan_tuning(load_spec(path), path)
     asha = raytune.asha("val_acc", "max", epochs, grace, rf)
     assert sorted(m for m, _ in asha._brackets[0]._rungs) == plan.rungs() == rungs
+
+
+def test_the_dashboard_line_says_how_to_get_optuna_dashboard_when_it_is_missing(tmp_path, monkeypatch):
+    from rgsweep.tune import dashboard_command
+
+    url = "sqlite:///mlruns/optuna.db"
+    monkeypatch.setenv("PATH", str(tmp_path))  # nothing on PATH
+    fake_python = tmp_path / "venv" / "bin" / "python"
+    fake_python.parent.mkdir(parents=True)
+    monkeypatch.setattr("sys.executable", str(fake_python))
+    assert dashboard_command(url) == f"optuna-dashboard {url} (not installed: pip install optuna-dashboard)"
+    beside = fake_python.with_name("optuna-dashboard")
+    beside.write_text("#!/bin/sh\n")
+    assert dashboard_command(url) == f"{beside} {url}"  # a venv not activated, as make runs it
+    on_path = tmp_path / "optuna-dashboard"
+    on_path.write_text("#!/bin/sh\n")
+    on_path.chmod(0o755)
+    assert dashboard_command(url) == f"optuna-dashboard {url}"
