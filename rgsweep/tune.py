@@ -600,7 +600,7 @@ class StudyTracker:
                        "# A sweep file uses them with `baseline: <this file, relative to the sweep file>`, or\n"
                        "# `rgsweep sweep FILE --baseline <this file>`.\n" + doc)
         stats["baseline"] = str(out)
-        print(f"baseline written to {out}")
+        print(f"baseline written to {out}: a sweep starts from it with `rgsweep sweep FILE --baseline {out}`")
 
 
 def study_stats(study: optuna.Study) -> dict[str, Any]:
