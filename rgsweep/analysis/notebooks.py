@@ -72,7 +72,8 @@ def run_notebooks(
 
     # Kernels talk over unix sockets in a private temp folder, not TCP on 127.0.0.1: no port for another
     # local user to reach, and no "running over TCP without encryption" warning per kernel on the terminal.
-    sockets = Path(tempfile.mkdtemp(prefix="rgsweep-kernels-"))
+    # A socket's path must fit in 108 bytes: a long $TMPDIR falls back to /tmp.
+    sockets = Path(tempfile.mkdtemp(prefix="rgsweep-kernels-", dir="/tmp" if len(tempfile.gettempdir()) > 60 else None))
 
     async def run_one(path: Path) -> str | None:
         nb = nbformat.read(path, as_version=4)
