@@ -21,7 +21,8 @@ DATA_ARGS := $(if $(DATASET),--dataset $(DATASET)) $(if $(DATA_DIR),--data-dir $
 	models clean
 
 help: ## show this help
-	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-22s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@if [ -t 1 ]; then c='\033[36m'; r='\033[0m'; else c=''; r=''; fi; \
+	awk -v c="$$c" -v r="$$r" 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %s%-22s%s %s\n", c, $$1, r, $$2}' $(MAKEFILE_LIST)
 
 install: $(STAMP) ## create .venv and install rgsweep (editable) with its dev extra
 

@@ -327,8 +327,9 @@ def plan_tuning(
         grace = pr.grace_period
         if grace >= cfg.epochs:
             if not smoke:
+                given = " (from the command line)" if "epochs" in (overrides or {}) else ""
                 raise ConfigError(f"invalid tuning file {path}: pruning.grace_period={grace} must be < base.epochs="
-                                  f"{cfg.epochs} (ASHA's first rung must come before the last epoch)")
+                                  f"{cfg.epochs}{given} (ASHA's first rung must come before the last epoch)")
             grace = cfg.epochs - 1
     study = f"{spec.name}-smoke" if smoke else spec.name
     experiment = spec.experiment or spec.name

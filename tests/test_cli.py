@@ -204,3 +204,11 @@ def test_console_script_entry_point():
     out = subprocess.run([str(exe), "models", "--input-shape", "1,8,8"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "inception-nobn" in out.stdout
+
+
+def test_make_help_lists_the_targets_without_colour_codes_when_piped():
+    repo = Path(__file__).resolve().parents[1]
+    done = subprocess.run(["make", "-s", "help"], cwd=repo, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "\x1b[" not in done.stdout
+    targets = [line.split()[0] for line in done.stdout.splitlines()]
+    assert targets[:2] == ["help", "install"] and {"demo", "test", "paper-cpu", "gpu-check"} <= set(targets)

@@ -104,6 +104,13 @@ def test_invalid_tuning_file_exits_2_naming_key_and_allowed_values(tmp_path, ove
     assert not (tmp_path / "o.db").exists()
 
 
+def test_epochs_set_under_the_grace_period_on_the_command_line_is_named_as_such(tmp_path, capsys):
+    path = write_tuning(tmp_path, "short", pruning={"grace_period": 5})
+    assert main(["tune", str(path), "--set", "epochs=3", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "pruning.grace_period=5 must be < base.epochs=3 (from the command line)" in err
+
+
 def test_missing_dataset_exits_2_before_anything_runs(tmp_path, capsys, tracking_uri):
     path = write_tuning(tmp_path, "nodata")
     code = main(["tune", str(path), "--dataset", "cifar10", "--data-dir", str(tmp_path), "--tracking-uri", tracking_uri,
