@@ -54,7 +54,8 @@ def write_spec(folder: Path, name: str, n: int, epochs: int, dataset: str = "syn
 def run_one(folder: Path, uri: str, n: int, epochs: int, dataset: str = "synthetic",
             report_interval: float | None = None, tag: str = "") -> dict[str, Any]:
     from rgsweep import tracking
-    from rgsweep.sweep import REPORT_INTERVAL_S, expand, load_spec, run_sweep
+    from rgsweep.sweep import REPORT_INTERVAL_S, run_sweep
+    from rgsweep.sweepfile import expand, load_spec
 
     name = f"overhead-{n}{tag}"
     path = write_spec(folder, name, n, epochs, dataset)

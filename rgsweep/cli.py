@@ -15,6 +15,7 @@ import traceback
 from typing import Any
 
 from rgsweep.config import ConfigError, TrialConfig, load_yaml, make_config
+from rgsweep.names import run_name
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 0, 1, 2, 130, 141  # 128 + signal
 
@@ -93,11 +94,11 @@ def config_from_args(args: argparse.Namespace) -> TrialConfig:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    config = config_from_args(args)  # a bad flag or file is refused before torch and MLflow load (3-5 s)
     from rgsweep import tracking
     from rgsweep.data.sources import DatasetError
     from rgsweep.train import DivergedError, prepare_data, resolve_device, summary_line, train
 
-    config = config_from_args(args)
     try:
         uri = tracking.resolve_tracking_uri(args.tracking_uri)
         device = resolve_device(config.device)
@@ -109,7 +110,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     client = tracking.get_client(uri)
     exp_id = tracking.get_experiment_id(client, args.experiment)
-    name = args.run_name or tracking.run_name(config, ["label_noise", "corruption"])
+    name = args.run_name or run_name(config, ["label_noise", "corruption"])
     run = tracking.RunTracker.start(
         client, exp_id, name, params=config.flat_params(),
         tags={**tracking.trial_tags(config), **tracking.ui_trial_tags(config, args.config or "rgsweep train")},
@@ -139,13 +140,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_show(args: argparse.Namespace) -> int:
     """The data figure of one trial (same flags as `train`): its training images next to the clean ones."""
-    from rgsweep.analysis import samples
-    from rgsweep.data.sources import DatasetError
-
-    config = config_from_args(args)
+    config = config_from_args(args)  # as in `train`: bad input is refused before the heavy imports
     if args.n < 1:
         print(f"rgsweep show: error: --n must be >= 1, got {args.n}", file=sys.stderr)
         return EXIT_USAGE
+    from rgsweep.analysis import samples
+    from rgsweep.data.sources import DatasetError
+
     try:
         path = samples.save([config], args.out or f"samples-{samples.slug(config)}.png", n=args.n)
     except (DatasetError, ValueError) as e:

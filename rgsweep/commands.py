@@ -65,7 +65,7 @@ def add_sweep(sub: Any) -> None:
     p.add_argument("--seeds", metavar="S,S,...", help="override seeds, e.g. 0,1,2 (also --set seeds=[0,1,2]): "
                                                      "results are then shown as mean ± std over them")
     add_run_args(p)
-    p.set_defaults(func=lazy("rgsweep.sweep", "cmd_sweep"))
+    p.set_defaults(func=lazy("rgsweep.sweepfile", "cmd_sweep"))
 
 
 def add_tune(sub: Any) -> None:
@@ -79,4 +79,4 @@ def add_tune(sub: Any) -> None:
                    help="where to write the best params (default: baselines/<name>.yaml beside the MLflow store)")
     p.add_argument("--storage", help="Optuna storage URL (default: sqlite:///.../optuna.db beside the MLflow store)")
     add_run_args(p)
-    p.set_defaults(func=lazy("rgsweep.tune", "cmd_tune"))
+    p.set_defaults(func=lazy("rgsweep.tunefile", "cmd_tune"))

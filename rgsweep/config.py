@@ -16,11 +16,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from rgsweep.data.augment import CROP_SIZE, check_augmentations
-from rgsweep.data.corruption import CORRUPTIONS
-from rgsweep.data.preprocess import PREPROCESS
-from rgsweep.data.sources import DATASET_NAMES
-from rgsweep.models import model_names
+from rgsweep.names import CORRUPTIONS, CROP_SIZE, DATASET_NAMES, MODEL_NAMES, PREPROCESS, check_augmentations
 
 
 class ConfigError(ValueError):
@@ -118,7 +114,7 @@ class TrialConfig(BaseModel):
     @field_validator("arch")
     @classmethod
     def _arch(cls, v: str) -> str:
-        return _one_of("arch", v, model_names())
+        return _one_of("arch", v, MODEL_NAMES)
 
     @field_validator("augment", mode="before")
     @classmethod

@@ -19,12 +19,12 @@ user sees (README "Resume and failures"):
   interrupts at once, and the runs are still closed on the way out.
 
 MLflow calls stay in tracking.py and Ray calls in raytune.py; this module only orders them. It also
-holds what sweep.py and tune.py share (run options, resources, a trial's cost).
+holds what a running sweep and study share (a trial's cost, the store's folders, the UI's address); what
+their files and command lines share, checked before anything runs, is in jobfile.py.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import socket
@@ -36,23 +36,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field
-
 from rgsweep import tracking
 from rgsweep.config import ConfigError
 from rgsweep.metrics import EPOCH_SERIES
 
 EPOCH_KEYS = {"epoch", *EPOCH_SERIES}  # what the driver logs per epoch (rgsweep/metrics.py)
-DEFAULT_SMOKE = {"dataset": "synthetic", "data_dir": None, "subset": None, "epochs": 2, "download": False}
-DEFAULT_RETRIES = 2  # infrastructure failures (a worker or node lost) retried per trial
 LEASE_TTL_S = 60.0  # a lease with no heartbeat for this long is dead ($RGSWEEP_LEASE_TTL_S)
-
-
-class Resources(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    cpu: float = Field(1.0, gt=0)  # CPU cores per trial; also the trial's torch thread count
-    gpu: float = Field(0.0, ge=0)  # GPUs per trial; 0.25 packs four trials on one GPU (no memory isolation)
 
 
 # -- the job: what sweep.py and tune.py hand to `live` ---------------------------------------------
@@ -404,41 +393,3 @@ def ui_hint(uri: str, exp_id: str, experiment: str | None = None) -> str:
         return f"MLflow UI: {tracking.runs_url(base, exp_id)}"
     which = f"experiment {experiment!r}" if experiment else f"experiment {exp_id}"
     return f"MLflow UI: `make ui` (or `rgsweep ui --tracking-uri {uri}`) prints the address of {which}"
-
-
-def parse_set(items: list[str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for item in items or []:
-        if "=" not in item:
-            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
-        k, v = item.split("=", 1)
-        out[k.strip().replace("-", "_")] = yaml.safe_load(v)
-    return out
-
-
-def check_run_args(args: argparse.Namespace) -> None:
-    """The Ray options of `sweep` and `tune`, checked before anything starts: out of range, or ignored."""
-    if args.max_concurrent is not None and args.max_concurrent < 1:
-        raise ConfigError(f"--max-concurrent must be >= 1, got {args.max_concurrent}")
-    if args.num_cpus is None:
-        return
-    if args.num_cpus < 1:
-        raise ConfigError(f"--num-cpus must be >= 1, got {args.num_cpus}")
-    address = args.ray_address or os.environ.get("RAY_ADDRESS")
-    if address:  # joining a cluster, Ray would ignore it
-        source = "--ray-address" if args.ray_address else "$RAY_ADDRESS"
-        raise ConfigError(
-            f"--num-cpus sizes a local Ray instance, but this command joins the cluster at {address} ({source}): "
-            "the cluster's nodes have their CPUs (`ray start --num-cpus`); cap the trials with --max-concurrent")
-
-
-def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    """Trial keys set on the command line (`--set`, `--dataset`, `--data-dir`, `--download`)."""
-    overrides = parse_set(args.set)
-    if args.dataset:
-        overrides["dataset"] = args.dataset
-    if args.data_dir:
-        overrides["data_dir"] = args.data_dir
-    if args.download:
-        overrides["download"] = True
-    return overrides

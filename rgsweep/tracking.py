@@ -459,31 +459,6 @@ def search_children(
 
 
 # -- trial runs -----------------------------------------------------------------------------------
-_ABBREV = {"label_noise": "noise", "weight_decay": "wd", "dropout": "drop", "corrupt_fraction": "cfrac",
-           "pixel_fraction": "pfrac", "batch_size": "bs", "lr": "lr", "batch_norm": "bn"}
-
-
-def run_name(config: Any, keys: Iterable[str] = ("label_noise",), seed: bool = True) -> str:
-    """Readable child-run name from the values a trial was given, e.g. `cnn-noise0.4`, `cnn-gaussian`;
-    `-seed1` at the end when asked (a sweep with several seeds)."""
-    parts = [config.arch]
-    for k in keys:
-        if k in ("arch", "seed"):
-            continue
-        v = getattr(config, k, None)
-        if k == "corruption":
-            parts.append(v if v != "none" else "clean")
-        elif k == "augment":
-            parts.append("+".join(v) if v else "noaug")
-        elif k == "dataset":
-            parts.append(str(v).split(":")[0])
-        else:
-            parts.append(f"{_ABBREV.get(k, k)}{v}")
-    if seed:
-        parts.append(f"seed{config.seed}")
-    return "-".join(parts)
-
-
 def trial_tags(config: Any, sweep: str | None = None, kind: str = "trial") -> dict[str, str]:
     tags = {TAG + "kind": kind, TAG + "trial_key": config.key(), TAG + "git_commit": git_commit(),
             TAG + "dataset": config.dataset}

@@ -70,7 +70,8 @@ def sweep_store(ray_session, tmp_path_factory):
 
     import yaml
 
-    from rgsweep.sweep import expand, load_spec, run_sweep
+    from rgsweep.sweep import run_sweep
+    from rgsweep.sweepfile import expand, load_spec
 
     root = tmp_path_factory.mktemp("real-sweep")
     uri = f"sqlite:///{root / 'mlflow.db'}"

@@ -9,8 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rgsweep.data.augment import AUGMENTATIONS, Augment, check_augmentations, homography, resample
+from rgsweep.data.augment import Augment, homography, resample
 from rgsweep.data.preprocess import PREPROCESS, preprocess
+from rgsweep.names import AUGMENTATIONS, check_augmentations
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (make gpu-check runs it)")
 DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, CUDA])]

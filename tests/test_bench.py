@@ -104,3 +104,14 @@ def test_sweep_overhead_measures_real_sweeps_and_logs_every_epoch(ray_session):
     assert every["report_interval_s"] == 0 and batched["report_interval_s"] > 0
     assert every["epochs_logged"] == batched["epochs_logged"] == 2 * 12
     assert math.isfinite(result["marginal_overhead_per_trial_s"]) and result["ray_start_s"] >= 0
+
+
+def test_cli_latency_runs_every_command_with_its_exit_code():
+    # measure() raises when a command exits otherwise than it should (0 for --help and --dry-run, 2 for bad
+    # input); the speed itself is the benchmark's to print (the walls test keeps torch out of these paths).
+    from benchmarks import cli_latency
+
+    result = cli_latency.measure(repeats=1)
+    assert result["reference: import torch, mlflow"]["ratio_to_reference"] == 1.0
+    assert {r["exit_code"] for name, r in result.items() if "BAD" in name or "nosuch" in name} == {2}
+    assert all(r["seconds"] > 0 for r in result.values())

@@ -25,7 +25,8 @@ import pytest
 import yaml
 
 from rgsweep.palette import arch_color
-from rgsweep.sweep import expand, load_spec, run_sweep
+from rgsweep.sweep import run_sweep
+from rgsweep.sweepfile import expand, load_spec
 
 pytestmark = pytest.mark.slow
 

@@ -308,7 +308,8 @@ def test_report_check_on_a_real_sweep(tmp_path, ray_session, client, tracking_ur
     import yaml
 
     from rgsweep.cli import main
-    from rgsweep.sweep import expand, load_spec, run_sweep
+    from rgsweep.sweep import run_sweep
+    from rgsweep.sweepfile import expand, load_spec
 
     doc = {"name": "claims-cli", "base": {"dataset": "synthetic", "arch": "mlp1x512", "epochs": 1, "lr": 0.05,
                                           "device": "cpu", "label_noise": 1.0},

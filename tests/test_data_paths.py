@@ -25,7 +25,8 @@ from rgsweep.cli import main
 from rgsweep.config import ConfigError, make_config
 from rgsweep.data.sources import Dataset, data_location, load_dataset, resolve_data_dir
 from rgsweep.preload import preload
-from rgsweep.sweep import expand, load_spec, run_sweep
+from rgsweep.sweep import run_sweep
+from rgsweep.sweepfile import expand, load_spec
 from rgsweep.train import prepare_data
 
 BASE = {"arch": "mlp1x512", "epochs": 2, "lr": 0.05, "device": "cpu", "fit_threshold": None}

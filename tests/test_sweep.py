@@ -16,7 +16,8 @@ from sweep_helpers import children, wait_for, write_sweep
 from rgsweep import tracking
 from rgsweep.cli import main
 from rgsweep.config import ConfigError
-from rgsweep.sweep import expand, load_spec, run_sweep
+from rgsweep.sweep import run_sweep
+from rgsweep.sweepfile import expand, load_spec
 
 REPO = Path(__file__).resolve().parents[1]
 

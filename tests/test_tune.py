@@ -11,9 +11,11 @@ import yaml
 from rgsweep import raytune, tracking
 from rgsweep.cli import main
 from rgsweep.config import ConfigError
-from rgsweep.sweep import expand, run_sweep
-from rgsweep.sweep import load_spec as load_sweep
-from rgsweep.tune import load_spec, plan_tuning, prepare_study
+from rgsweep.sweep import run_sweep
+from rgsweep.sweepfile import expand
+from rgsweep.sweepfile import load_spec as load_sweep
+from rgsweep.tune import prepare_study
+from rgsweep.tunefile import load_spec, plan_tuning
 
 REPO = Path(__file__).resolve().parents[1]
 S = optuna.trial.TrialState

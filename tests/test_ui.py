@@ -19,7 +19,8 @@ from rgsweep.analysis import export, figures, tables
 from rgsweep.cli import main
 from rgsweep.config import ConfigError, TrialConfig
 from rgsweep.palette import ARCH_COLORS, arch_color
-from rgsweep.sweep import expand, load_spec, run_sweep, seeds_override, ui_hint
+from rgsweep.sweep import run_sweep, ui_hint
+from rgsweep.sweepfile import expand, load_spec, seeds_override
 
 REPO = Path(__file__).resolve().parents[1]
 ONE_LINE = re.compile(r"^(mlp1x512|cnn), noise (0\.0|1\.0), clean: train \d\.\d\d / test \d\.\d\d / gap -?\d\.\d\d, "

@@ -64,3 +64,25 @@ def test_module_walls():
     assert set(loaded) == set(CHECKS)
     broken = {name: mods for name, mods in loaded.items() if mods != []}
     assert broken == {}, f"imports across a wall: {broken}"
+
+
+def test_the_command_line_and_the_sweep_and_tuning_files_import_no_torch():
+    # `rgsweep --help`, a bad sweep or tuning file or option, and `rgsweep sweep FILE --dry-run` answer before torch,
+    # MLflow, Ray or Optuna load (they took 3.5-7.7 s, all of it imports, before anything was checked).
+    code = ("import sys, json\n"
+            "import rgsweep.cli, rgsweep.sweepfile, rgsweep.tunefile, rgsweep.jobfile, rgsweep.config, rgsweep.names\n"
+            "rgsweep.cli.build_parser()\n"
+            "heavy = ('torch', 'numpy', 'mlflow', 'ray', 'optuna', 'pandas')\n"
+            "print(json.dumps([m for m in heavy if m in sys.modules]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
+def test_the_model_registry_builds_exactly_the_names_config_accepts():
+    # config.py checks `arch` against rgsweep/names.py without importing torch; the registry must agree
+    # (the augmentations, corruptions and presets are each applied by name in their own tests).
+    from rgsweep import names
+    from rgsweep.models import MODELS
+
+    assert tuple(MODELS) == names.MODEL_NAMES

@@ -39,19 +39,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from rgsweep.data.preprocess import CROP_SIZE, whiten
+from rgsweep.names import check_augmentations
 
-AUGMENTATIONS = ("crop", "padcrop", "flip", "erase", "rotate", "affine", "jitter", "perspective")
 _WARPS = ("rotate", "affine", "perspective")
-
-
-def check_augmentations(names: list[str]) -> None:
-    """Raise ValueError naming the first unknown augmentation and the allowed ones, or a conflict."""
-    for name in names:
-        if name not in AUGMENTATIONS:
-            raise ValueError(f"unknown augmentation {name!r}; allowed: {', '.join(AUGMENTATIONS)}")
-    if "crop" in names and "padcrop" in names:
-        raise ValueError("crop (the paper's random 28x28 window) and padcrop (a padded random crop) are two "
-                         "random crops: use one of them")
 
 
 def _uniform(n: int, lo: float, hi: float, g: torch.Generator | None, device: torch.device) -> Tensor:

@@ -34,7 +34,8 @@ from dataclasses import dataclass
 
 import torch
 
-CORRUPTIONS = ("none", "shuffled_pixels", "random_pixels", "gaussian")
+from rgsweep.names import CORRUPTIONS
+
 _CHUNK = 4096  # images per chunk for per-image permutations (bounds the [n, H*W] random matrix)
 
 

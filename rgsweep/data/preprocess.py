@@ -25,8 +25,8 @@ import math
 import torch
 from torch import Tensor
 
-PREPROCESS = ("paper", "standard", "none")
-CROP_SIZE = 28  # the paper's window (Appendix A: the centre 28x28 of CIFAR's 32x32)
+from rgsweep.names import CROP_SIZE, PREPROCESS
+
 CHUNK = 4096  # images per chunk for the sums of squares: bounds temporaries to ~50 MB at 3x32x32
 
 

@@ -35,8 +35,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-DATASET_NAMES = ("cifar10", "mnist", "fashion-mnist", "digits", "synthetic")
-IMAGEFOLDER = "imagefolder:"
+from rgsweep.names import DATASET_NAMES, IMAGEFOLDER
+
 # torchvision's IMG_EXTENSIONS, so a folder ImageFolder reads is read the same here.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 CACHE_VERSION = 1  # bump when the decoded layout changes, to invalidate old cache files

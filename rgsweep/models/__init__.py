@@ -45,6 +45,8 @@ class ModelSpec:
     depth: int | None = None  # MLPs: default number of hidden layers
 
 
+# The names, in this order, are rgsweep/names.py's MODEL_NAMES, which config.py validates against
+# without importing torch (tests/test_walls.py checks the two agree).
 MODELS: dict[str, ModelSpec] = {
     "mlp1x512": ModelSpec(MLP, "MLP, 1 hidden layer of 512 (paper)", False, False, width=512, depth=1),
     "mlp3x512": ModelSpec(MLP, "MLP, 3 hidden layers of 512 (paper)", False, False, width=512, depth=3),
