@@ -34,6 +34,8 @@ def commands(tmp: Path) -> dict[str, tuple[list[str], int]]:
         "rgsweep sweep BAD": ([RGSWEEP, "sweep", str(bad)], 2),
         "rgsweep sweep demo --dry-run": ([RGSWEEP, "sweep", str(REPO / "sweeps" / "demo.yaml"), "--dry-run"], 0),
         "rgsweep tune BAD": ([RGSWEEP, "tune", str(bad_tune)], 2),
+        "rgsweep tune tune-demo --dry-run": ([RGSWEEP, "tune", str(REPO / "sweeps" / "tune-demo.yaml"), "--dry-run"],
+                                             0),
         "rgsweep train --arch nosuch": ([RGSWEEP, "train", "--arch", "nosuch"], 2),
     }
 

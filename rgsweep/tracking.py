@@ -38,41 +38,20 @@ from mlflow.exceptions import MlflowException
 from rgsweep.data.sources import data_location
 from rgsweep.metrics import FINAL_FROM_SERIES
 from rgsweep.palette import arch_color
+from rgsweep.stores import DEFAULT_TRACKING_URI, absolute_uri, artifact_root, given_uri  # noqa: F401 - callers use tracking.given_uri etc.
 
-DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 TAG = "rgsweep."
 T = TypeVar("T")
 
 
 # -- store ----------------------------------------------------------------------------------------
-def given_uri(uri: str | None = None) -> str:
-    """The store as the user gave it: flag > $MLFLOW_TRACKING_URI > the default (relative paths kept)."""
-    return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
-
-
 def resolve_tracking_uri(uri: str | None = None) -> str:
-    """Flag > $MLFLOW_TRACKING_URI > ./mlruns/mlflow.db. Relative SQLite paths become absolute so that
-    processes started elsewhere (Ray workers, notebooks) open the same file."""
-    uri = given_uri(uri)
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        path = Path(uri[len("sqlite:///") :]).resolve()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        uri = f"sqlite:///{path}"
-    elif uri.startswith("sqlite:////"):
-        Path(uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
-    elif uri.startswith("file:") or "://" not in uri:
-        raise ValueError(
-            f"tracking URI {uri!r}: MLflow's file store is refused since 3.13; "
-            "use sqlite:///mlruns/mlflow.db or an http(s):// tracking server"
-        )
-    return uri
-
-
-def artifact_root(uri: str) -> str | None:
-    """Artifacts of a SQLite store go beside the database (mlruns/); a server decides for itself."""
+    """Flag > $MLFLOW_TRACKING_URI > ./mlruns/mlflow.db, absolute (stores.absolute_uri), with the SQLite
+    file's folder created: the store is about to be opened."""
+    uri = absolute_uri(uri)
     if uri.startswith("sqlite:///"):
-        return Path(uri[len("sqlite:///") :]).parent.as_uri()
-    return None
+        Path(uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+    return uri
 
 
 # -- store errors ---------------------------------------------------------------------------------

@@ -75,7 +75,7 @@ from rgsweep.lifecycle import EPOCH_KEYS, default_storage, fit_resources, ui_hin
 from rgsweep.preload import SweepData, preload
 from rgsweep.progress import Progress
 from rgsweep.trials import FAILED_KEY, SUMMARY_KEY, study_trainable, trial_config
-from rgsweep.tunefile import TuningPlan
+from rgsweep.tunefile import TuningPlan, baseline_path, default_optuna_storage
 
 
 # -- MLflow from the driver -----------------------------------------------------------------------
@@ -374,15 +374,6 @@ def baseline_doc(plan: TuningPlan, stats: dict[str, Any], storage_url: str) -> d
 
 
 # -- storage --------------------------------------------------------------------------------------
-def default_optuna_storage(tracking_uri: str) -> str:
-    """The study beside the MLflow SQLite store (mlruns/optuna.db), else ./mlruns/optuna.db. Built from the
-    URI as the user gave it, so a relative store gives a relative study URL (recorded as such)."""
-    if tracking_uri.startswith("sqlite:///"):
-        path = Path(tracking_uri[len("sqlite:///"):])
-        return f"sqlite:///{path.parent / 'optuna.db'}"
-    return "sqlite:///mlruns/optuna.db"
-
-
 def open_storage(url: str) -> optuna.storages.BaseStorage:
     if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
         path = Path(url[len("sqlite:///"):]).resolve()  # absolute, like the MLflow store
@@ -468,14 +459,6 @@ def tune_progress(plan: TuningPlan, number: Any, verbose: int = 0) -> Progress:
                     **({"live": False, "interval": math.inf} if verbose else {}))
 
 
-def baseline_path(plan: TuningPlan, tracking_uri: str) -> Path:
-    """Beside the store (mlruns/baselines/<name>.yaml), never in the sources: tuning results belong to the
-    machine that ran them, and `make tune` leaves a clone's `git status` clean."""
-    root = tracking.artifact_root(tracking_uri)
-    base = Path(root[len("file://"):]) if root else Path("mlruns")
-    return base / "baselines" / f"{plan.spec.name}.yaml"
-
-
 def results_frame(study: optuna.Study, plan: TuningPlan) -> Any:
     """One row per Optuna trial (a DataFrame): number, state, objective (or its last reported value), epochs,
     values tried."""
@@ -499,31 +482,9 @@ def results_table(study: optuna.Study, plan: TuningPlan) -> str:
     return tables.to_text(results_frame(study, plan))
 
 
-def describe(plan: TuningPlan, storage_url: str, tracking_uri: str) -> str:
-    """What --dry-run prints: the resolved plan, without touching Ray or the storage."""
-    base = plan.base.model_dump()
-    lines = [
-        f"study {plan.study!r} in {storage_url}, MLflow experiment {plan.experiment!r}",
-        f"{plan.n_trials} trials, objective {plan.metric} ({plan.mode}) on val_fraction={plan.base.val_fraction} "
-        "of the clean training set",
-        f"sampler: TPE seed={plan.spec.seed} startup_trials={plan.spec.startup_trials}",
-        "pruning: " + (f"ASHA rungs at epochs {plan.rungs()} of {plan.base.epochs}, reduction factor "
-                       f"{plan.spec.pruning.reduction_factor:g}" if plan.grace_period else "off"),
-        "space:",
-        *(f"  {k}: {p.describe()}" for k, p in plan.space.items()),
-        "base: " + " ".join(f"{k}={v}" for k, v in base.items() if k not in plan.space),
-        f"baseline file: {baseline_path(plan, tracking_uri)}" + (" (not written by --smoke)" if plan.smoke else ""),
-    ]
-    return "\n".join(lines)
-
-
 def run_from_cli(plan: TuningPlan, args: argparse.Namespace) -> int:
-    """`rgsweep tune` once tunefile.cmd_tune has checked the file and the options: --dry-run's plan, or the
-    store, the data, then the study."""
-    if args.dry_run:
-        given = tracking.given_uri(args.tracking_uri)
-        print(describe(plan, args.storage or default_optuna_storage(given), tracking.resolve_tracking_uri(given)))
-        return 0
+    """`rgsweep tune` once tunefile.cmd_tune has checked the file and the options: the store, the data, then
+    the study."""
     lifecycle.check_store(args.tracking_uri)  # an unreachable store fails first, in seconds
     data = preload([plan.base])  # resolved here, checked, loaded once: a missing dataset fails before Ray and any run
     code, _ = run_tune(

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from rgsweep.config import ConfigError, TrialConfig, load_yaml, make_config
 from rgsweep.jobfile import DEFAULT_RETRIES, DEFAULT_SMOKE, Resources, check_run_args, overrides_from_args
+from rgsweep.stores import absolute_uri, artifact_root, given_uri
 
 if TYPE_CHECKING:
     import optuna
@@ -274,6 +275,42 @@ def plan_tuning(
     return TuningPlan(spec, path, cfg, study, f"{experiment}-smoke" if smoke else experiment, trials, grace, smoke)
 
 
+# -- the command's first half ------------------------------------------------------------------------
+def default_optuna_storage(tracking_uri: str) -> str:
+    """The study beside the MLflow SQLite store (mlruns/optuna.db), else ./mlruns/optuna.db. Built from the
+    URI as the user gave it, so a relative store gives a relative study URL (recorded as such)."""
+    if tracking_uri.startswith("sqlite:///"):
+        path = Path(tracking_uri[len("sqlite:///"):])
+        return f"sqlite:///{path.parent / 'optuna.db'}"
+    return "sqlite:///mlruns/optuna.db"
+
+
+def baseline_path(plan: TuningPlan, tracking_uri: str) -> Path:
+    """Beside the store (mlruns/baselines/<name>.yaml), never in the sources: tuning results belong to the
+    machine that ran them, and `make tune` leaves a clone's `git status` clean."""
+    root = artifact_root(tracking_uri)
+    base = Path(root[len("file://"):]) if root else Path("mlruns")
+    return base / "baselines" / f"{plan.spec.name}.yaml"
+
+
+def describe(plan: TuningPlan, storage_url: str, tracking_uri: str) -> str:
+    """What --dry-run prints: the resolved plan, without touching Ray or the storage."""
+    base = plan.base.model_dump()
+    lines = [
+        f"study {plan.study!r} in {storage_url}, MLflow experiment {plan.experiment!r}",
+        f"{plan.n_trials} trials, objective {plan.metric} ({plan.mode}) on val_fraction={plan.base.val_fraction} "
+        "of the clean training set",
+        f"sampler: TPE seed={plan.spec.seed} startup_trials={plan.spec.startup_trials}",
+        "pruning: " + (f"ASHA rungs at epochs {plan.rungs()} of {plan.base.epochs}, reduction factor "
+                       f"{plan.spec.pruning.reduction_factor:g}" if plan.grace_period else "off"),
+        "space:",
+        *(f"  {k}: {p.describe()}" for k, p in plan.space.items()),
+        "base: " + " ".join(f"{k}={v}" for k, v in base.items() if k not in plan.space),
+        f"baseline file: {baseline_path(plan, tracking_uri)}" + (" (not written by --smoke)" if plan.smoke else ""),
+    ]
+    return "\n".join(lines)
+
+
 def cmd_tune(args: argparse.Namespace) -> int:
     path = Path(args.file)
     spec = load_spec(path)
@@ -286,6 +323,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
         raise ConfigError("--smoke runs a throwaway study, deleted before it starts: it cannot be resumed; "
                           "drop --resume or --smoke")
 
+    if args.dry_run:  # the plan, without touching the store, Ray or the study's storage
+        given = given_uri(args.tracking_uri)
+        print(describe(plan, args.storage or default_optuna_storage(given), absolute_uri(given)))
+        return 0
     from rgsweep.tune import run_from_cli  # torch, MLflow, Ray and Optuna load from here on
 
     return run_from_cli(plan, args)

@@ -106,6 +106,23 @@ def test_invalid_tuning_file_exits_2_naming_key_and_allowed_values(tmp_path, ove
     assert not (tmp_path / "o.db").exists()
 
 
+def test_dry_run_prints_the_plan_and_touches_nothing(tmp_path, capsys, monkeypatch):
+    # Run from an empty folder with the default store: the plan names ./mlruns/optuna.db and the baseline
+    # beside the store, and no folder or file is created (the store is not opened, let alone made).
+    path = write_tuning(tmp_path, "dry")
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    assert main(["tune", str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "study 'dry' in sqlite:///mlruns/optuna.db" in out
+    assert f"baseline file: {work / 'mlruns' / 'baselines' / 'dry.yaml'}" in out
+    assert list(work.iterdir()) == []
+    assert main(["tune", str(path), "--dry-run", "--tracking-uri", "file:///x"]) == 2
+    assert "file store is refused" in capsys.readouterr().err
+
+
 def test_epochs_set_under_the_grace_period_on_the_command_line_is_named_as_such(tmp_path, capsys):
     path = write_tuning(tmp_path, "short", pruning={"grace_period": 5})
     assert main(["tune", str(path), "--set", "epochs=3", "--dry-run"]) == 2

@@ -70,7 +70,7 @@ def test_the_command_line_and_the_sweep_and_tuning_files_import_no_torch():
     # `rgsweep --help`, a bad sweep or tuning file or option, and `rgsweep sweep FILE --dry-run` answer before torch,
     # MLflow, Ray or Optuna load (they took 3.5-7.7 s, all of it imports, before anything was checked).
     code = ("import sys, json\n"
-            "import rgsweep.cli, rgsweep.sweepfile, rgsweep.tunefile, rgsweep.jobfile, rgsweep.config, rgsweep.names\n"
+            "import rgsweep.cli, rgsweep.sweepfile, rgsweep.tunefile, rgsweep.jobfile, rgsweep.stores, rgsweep.names\n"
             "rgsweep.cli.build_parser()\n"
             "heavy = ('torch', 'numpy', 'mlflow', 'ray', 'optuna', 'pandas')\n"
             "print(json.dumps([m for m in heavy if m in sys.modules]))")
