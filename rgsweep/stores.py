@@ -18,12 +18,20 @@ def given_uri(uri: str | None = None) -> str:
     return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
+def sqlite_file(uri: str) -> Path | None:
+    """The database file of a `sqlite:///` URI, as written (`sqlite:///rel/x.db` relative to the current
+    directory, `sqlite:////abs/x.db` absolute); None for any other store."""
+    return Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
+
+
 def absolute_uri(uri: str | None = None) -> str:
     """Flag > $MLFLOW_TRACKING_URI > ./mlruns/mlflow.db. Relative SQLite paths become absolute so that
     processes started elsewhere (Ray workers, notebooks) open the same file."""
     uri = given_uri(uri)
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        uri = f"sqlite:///{Path(uri[len('sqlite:///') :]).resolve()}"
+    db = sqlite_file(uri)
+    if db is not None:
+        if not db.is_absolute():
+            uri = f"sqlite:///{db.resolve()}"
     elif uri.startswith("file:") or "://" not in uri:
         raise ConfigError(  # a ValueError: exit 2 with this line at the command line
             f"tracking URI {uri!r}: MLflow's file store is refused since 3.13; "
@@ -34,6 +42,5 @@ def absolute_uri(uri: str | None = None) -> str:
 
 def artifact_root(uri: str) -> str | None:
     """Artifacts of a SQLite store go beside the database (mlruns/); a server decides for itself."""
-    if uri.startswith("sqlite:///"):
-        return Path(uri[len("sqlite:///") :]).parent.as_uri()
-    return None
+    db = sqlite_file(uri)
+    return db.parent.as_uri() if db is not None else None

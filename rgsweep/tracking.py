@@ -38,7 +38,7 @@ from mlflow.exceptions import MlflowException
 from rgsweep.data.sources import data_location
 from rgsweep.metrics import FINAL_FROM_SERIES
 from rgsweep.palette import arch_color
-from rgsweep.stores import DEFAULT_TRACKING_URI, absolute_uri, artifact_root, given_uri  # noqa: F401 - callers use tracking.given_uri etc.
+from rgsweep.stores import DEFAULT_TRACKING_URI, absolute_uri, artifact_root, given_uri, sqlite_file  # noqa: F401 - callers use tracking.given_uri etc.
 
 TAG = "rgsweep."
 T = TypeVar("T")
@@ -49,8 +49,9 @@ def resolve_tracking_uri(uri: str | None = None) -> str:
     """Flag > $MLFLOW_TRACKING_URI > ./mlruns/mlflow.db, absolute (stores.absolute_uri), with the SQLite
     file's folder created: the store is about to be opened."""
     uri = absolute_uri(uri)
-    if uri.startswith("sqlite:///"):
-        Path(uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite_file(uri)
+    if db is not None:
+        db.parent.mkdir(parents=True, exist_ok=True)
     return uri
 
 

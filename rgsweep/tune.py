@@ -74,6 +74,7 @@ from rgsweep.config import ConfigError, TrialConfig
 from rgsweep.lifecycle import EPOCH_KEYS, default_storage, fit_resources, ui_hint
 from rgsweep.preload import SweepData, preload
 from rgsweep.progress import Progress
+from rgsweep.stores import sqlite_file
 from rgsweep.trials import FAILED_KEY, SUMMARY_KEY, study_trainable, trial_config
 from rgsweep.tunefile import TuningPlan, baseline_path, default_optuna_storage
 
@@ -375,8 +376,9 @@ def baseline_doc(plan: TuningPlan, stats: dict[str, Any], storage_url: str) -> d
 
 # -- storage --------------------------------------------------------------------------------------
 def open_storage(url: str) -> optuna.storages.BaseStorage:
-    if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
-        path = Path(url[len("sqlite:///"):]).resolve()  # absolute, like the MLflow store
+    db = sqlite_file(url)  # Optuna's URLs name SQLite files as MLflow's do
+    if db is not None and not db.is_absolute():
+        path = db.resolve()  # absolute, like the MLflow store
         path.parent.mkdir(parents=True, exist_ok=True)
         url = f"sqlite:///{path}"
     return optuna.storages.RDBStorage(url)

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from rgsweep.config import ConfigError, TrialConfig, load_yaml, make_config
 from rgsweep.jobfile import DEFAULT_RETRIES, DEFAULT_SMOKE, Resources, check_run_args, overrides_from_args
-from rgsweep.stores import absolute_uri, artifact_root, given_uri
+from rgsweep.stores import absolute_uri, artifact_root, given_uri, sqlite_file
 
 if TYPE_CHECKING:
     import optuna
@@ -279,9 +279,9 @@ def plan_tuning(
 def default_optuna_storage(tracking_uri: str) -> str:
     """The study beside the MLflow SQLite store (mlruns/optuna.db), else ./mlruns/optuna.db. Built from the
     URI as the user gave it, so a relative store gives a relative study URL (recorded as such)."""
-    if tracking_uri.startswith("sqlite:///"):
-        path = Path(tracking_uri[len("sqlite:///"):])
-        return f"sqlite:///{path.parent / 'optuna.db'}"
+    db = sqlite_file(tracking_uri)
+    if db is not None:
+        return f"sqlite:///{db.parent / 'optuna.db'}"
     return "sqlite:///mlruns/optuna.db"
 
 

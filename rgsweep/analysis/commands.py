@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from rgsweep.stores import sqlite_file
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
@@ -90,9 +92,8 @@ def cmd_notebooks(args: argparse.Namespace) -> int:
 
 def artifacts_dir(uri: str) -> Path:
     """Where a UI-created experiment's artifacts go: beside a SQLite database (mlruns/), else ./mlruns."""
-    if uri.startswith("sqlite:///"):
-        return Path(uri[len("sqlite:///"):]).parent
-    return Path.cwd() / "mlruns"
+    db = sqlite_file(uri)
+    return db.parent if db is not None else Path.cwd() / "mlruns"
 
 
 def server_command(uri: str, *, host: str = "127.0.0.1", port: int = 5000, workers: int = 1) -> list[str]:

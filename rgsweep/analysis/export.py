@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from rgsweep import metrics
+from rgsweep.stores import sqlite_file
 
 if TYPE_CHECKING:  # mlflow is imported lazily: notebooks only need load_export, and mlflow is slow to import
     from mlflow import MlflowClient
@@ -49,8 +50,9 @@ def resolve_uri(uri: str | None) -> str:
     from rgsweep import tracking  # imports mlflow: kept out of module import for load_export's sake
 
     given = tracking.given_uri(uri)
-    if given.startswith("sqlite:///"):
-        path = Path(given[len("sqlite:///"):]).resolve()  # sqlite:////abs keeps its leading slash
+    db = sqlite_file(given)
+    if db is not None:
+        path = db.resolve()
         if not path.is_file():
             raise AnalysisError(
                 f"no MLflow store at {path} (tracking URI {given}): nothing has been tracked there; a relative "
