@@ -1,28 +1,7 @@
 """Grid sweeps: a YAML sweep file -> validated trials (sweepfile.py) -> Ray Tune -> one MLflow child run per
 trial.
 
-Sweep file (sweeps/*.yaml):
-
-    name: demo                      # also the default MLflow experiment
-    experiment: demo                # optional
-    baseline: baselines/tune-demo.yaml   # optional, written by `rgsweep tune` (path relative to the file)
-    base: {dataset: digits, arch: mlp1x512, epochs: 60}     # a TrialConfig, shared by every trial
-    grid:                           # cartesian product of these lists
-      arch: [mlp1x512, cnn]
-      label_noise: [0.0, 0.2, 0.4]
-      setting:                      # a *bundle*: any key whose values are mappings of TrialConfig keys
-        - {corruption: none}
-        - {corruption: shuffled_pixels}
-    seeds: [0, 1]
-    resources: {cpu: 1, gpu: 0.25}  # per trial; fractions allowed
-    max_concurrent: 4
-    pack: 1                         # >1: train this many same-shape trials together in one process
-    retries: 2                      # a trial whose worker or node is lost is run again this many times
-    smoke: {epochs: 2, subset: 200} # overrides used by --smoke (CI runs every sweep file this way)
-
-Precedence: baseline < base < grid values < seed < the command line (`--set`, `--dataset`,
-`--data-dir`): a command-line key that is also a grid axis collapses that axis, and the sweep says so.
-`--smoke` runs go to their own experiment, `<experiment>-smoke`.
+The sweep file's format and precedence rules: sweepfile.py, which turns the file into a Plan.
 
 The MLflow store is the source of truth for resume: a trial is identified by its trial key (a
 hash of its resolved config), so `--resume` skips trials that already have a FINISHED run, closes

@@ -2,8 +2,30 @@
 print the plan (`--dry-run`). The first half of `rgsweep sweep`; sweep.py runs the plan.
 
 Imports no torch, MLflow or Ray (tests/test_walls.py): a bad file, key or option is refused, and
-`--dry-run` answers, in well under a second, where importing those took 7 s before anything was checked.
-The file's format and precedence rules: sweep.py's docstring.
+`--dry-run` answers, in well under a second, where importing those took 5-7 s before anything was checked.
+
+Sweep file (sweeps/*.yaml):
+
+    name: demo                      # also the default MLflow experiment
+    experiment: demo                # optional
+    baseline: baselines/tune-demo.yaml   # optional, written by `rgsweep tune` (path relative to the file)
+    base: {dataset: digits, arch: mlp1x512, epochs: 60}     # a TrialConfig, shared by every trial
+    grid:                           # cartesian product of these lists
+      arch: [mlp1x512, cnn]
+      label_noise: [0.0, 0.2, 0.4]
+      setting:                      # a *bundle*: any key whose values are mappings of TrialConfig keys
+        - {corruption: none}
+        - {corruption: shuffled_pixels}
+    seeds: [0, 1]
+    resources: {cpu: 1, gpu: 0.25}  # per trial; fractions allowed
+    max_concurrent: 4
+    pack: 1                         # >1: train this many same-shape trials together in one process
+    retries: 2                      # a trial whose worker or node is lost is run again this many times
+    smoke: {epochs: 2, subset: 200} # overrides used by --smoke (CI runs every sweep file this way)
+
+Precedence: baseline < base < grid values < seed < the command line (`--set`, `--dataset`,
+`--data-dir`): a command-line key that is also a grid axis collapses that axis, and the sweep says so.
+`--smoke` runs go to their own experiment, `<experiment>-smoke`.
 """
 
 from __future__ import annotations

@@ -322,7 +322,6 @@ def cmd_tune(args: argparse.Namespace) -> int:
     if args.resume and args.smoke:  # a smoke study is deleted first: --resume would be ignored
         raise ConfigError("--smoke runs a throwaway study, deleted before it starts: it cannot be resumed; "
                           "drop --resume or --smoke")
-
     if args.dry_run:  # the plan, without touching the store, Ray or the study's storage
         given = given_uri(args.tracking_uri)
         print(describe(plan, args.storage or default_optuna_storage(given), absolute_uri(given)))
