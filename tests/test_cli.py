@@ -212,3 +212,22 @@ def test_make_help_lists_the_targets_without_colour_codes_when_piped():
     assert done.returncode == 0 and "\x1b[" not in done.stdout
     targets = [line.split()[0] for line in done.stdout.splitlines()]
     assert targets[:2] == ["help", "install"] and {"demo", "test", "paper-cpu", "gpu-check"} <= set(targets)
+
+
+def test_help_ends_with_examples_that_parse_as_written(capsys):
+    # Every example line of `rgsweep --help` names a real subcommand, flags and a shipped file.
+    import shlex
+
+    from rgsweep.cli import EXAMPLES, build_parser
+
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0 and "examples (from the checkout" in capsys.readouterr().out
+    lines = [ln.strip() for ln in EXAMPLES.splitlines() if ln.strip().startswith("rgsweep ")]
+    assert len(lines) >= 5
+    repo = Path(__file__).resolve().parents[1]
+    for line in lines:
+        argv = shlex.split(line.split("  ")[0])[1:]
+        args = build_parser().parse_args(argv)  # argparse exits 2 on an unknown flag or subcommand
+        if getattr(args, "file", None):
+            assert (repo / args.file).is_file(), line
