@@ -18,6 +18,7 @@ DATA_ARGS := $(if $(DATASET),--dataset $(DATASET)) $(if $(DATA_DIR),--data-dir $
 .DEFAULT_GOAL := help
 .PHONY: help install test test-fast lint demo demo-seeds sweep sweep-label-noise sweep-pixels sweep-regularizers \
 	sweep-architectures sweep-mnist paper-cpu paper tune demo-tuned tune-paper export report notebooks ui bench gpu-check \
+	device-wheels \
 	models clean
 
 help: ## show this help
@@ -108,6 +109,15 @@ bench: install ## rgsweep's loop vs the standard torchvision pipeline; trial pac
 
 gpu-check: install ## on a CUDA machine: CUDA tests, a packed sweep on the GPU, bench -> benchmarks/results/ (DATA=folder)
 	$(BIN)/python -m benchmarks.gpu_check $(if $(DATA),--data $(DATA)) $(ARGS)
+
+# A lent GPU machine has Python 3.12 and torch but not pydantic (nor Ray, MLflow, Optuna: README, "GPU check").
+PYDANTIC_PINS = $(shell $(BIN)/python -c "import pydantic, pydantic_core as c; print(f'pydantic=={pydantic.VERSION} pydantic-core=={c.__version__}')")
+device-wheels: install ## the wheels a lent GPU machine lacks for gpu-check's CUDA tests and bench -> .whl/ (carry it)
+	rm -rf .whl && mkdir -p .whl
+	$(BIN)/python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+		-d .whl $(PYDANTIC_PINS) annotated-types typing-inspection typing-extensions
+	@du -sh .whl
 
 clean: ## remove caches and build leftovers (keeps mlruns/ and .venv)
 	rm -rf .pytest_cache .ruff_cache exports reports notebooks/executed benchmarks/results

@@ -20,6 +20,7 @@ are written to a temp folder, as `make bench` does, so the check needs no files 
     python -m benchmarks.gpu_check --data ../shared/data/cifar10-mini
     python -m benchmarks.gpu_check --plan               # print the steps and commands, run nothing
     python -m benchmarks.gpu_check --smoke              # the same steps, tiny, on any device (CPU too)
+    python -m benchmarks.gpu_check --steps cuda-tests,bench   # without Ray and MLflow (README, "GPU check")
 """
 
 from __future__ import annotations
@@ -45,6 +46,11 @@ BUDGET_S = 480  # 8 minutes for all three steps
 SMOKE_BUDGET_S = 1800  # --smoke on a busy 2-core CPU: Ray's start alone can take a minute
 # Each step's share of what is left of the budget when it starts (the last one gets the rest).
 SHARES = {"cuda-tests": 0.25, "sweep": 0.4, "bench": 1.0}
+STEPS = tuple(SHARES)
+# The files that hold the tests marked `cuda` (tests/test_gpu_check.py checks the list is complete). The step
+# collects only these: collecting all of tests/ imports MLflow, Ray and Optuna, which a GPU machine that runs
+# `--steps cuda-tests,bench` need not have.
+CUDA_TEST_FILES = ("tests/test_cuda.py", "tests/test_augment.py", "tests/test_crop.py")
 
 SWEEP = """\
 # gpu-check: a short real-data sweep with packing on the GPU (written by benchmarks/gpu_check.py).
@@ -82,7 +88,7 @@ def cuda_line() -> str | None:
 def plan(args: argparse.Namespace, data: str, tmp: Path) -> list[dict[str, Any]]:
     """The steps as commands; `--smoke` makes each tiny and lets it run on the CPU."""
     py = sys.executable
-    tests = [py, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider", "tests"]
+    tests = [py, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider", *CUDA_TEST_FILES]
     if args.smoke:  # the CUDA tests skip without CUDA: run one file's worth to prove the plumbing
         tests = [py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_crop.py", "-k", "reference"]
     sweep_file = tmp / "gpu-check.yaml"
@@ -92,10 +98,15 @@ def plan(args: argparse.Namespace, data: str, tmp: Path) -> list[dict[str, Any]]
     bench = [py, "-m", "benchmarks.bench", "--packing", "--sweep-overhead", "--repeats", "1",
              "--out", str(tmp / "bench.json")]
     bench += ["--data", data] if data != "synthetic" else []
-    if args.smoke:  # seconds: tiny data, no sweep-overhead sweeps (the sweep step ran Ray already)
-        bench = [c for c in bench if c != "--sweep-overhead"] + ["--quick", "--device", "cpu", "--models", "mlp1x512"]
-    return [{"name": "cuda-tests", "cmd": tests}, {"name": "sweep", "cmd": sweep, "file": sweep_file},
-            {"name": "bench", "cmd": bench, "json": tmp / "bench.json"}]
+    # The sweep-overhead sweeps need Ray and MLflow, as the sweep step does: without that step, no such sweeps.
+    # With --smoke: seconds, tiny data (the sweep step ran Ray already).
+    if args.smoke or "sweep" not in args.steps:
+        bench = [c for c in bench if c != "--sweep-overhead"]
+    if args.smoke:
+        bench += ["--quick", "--device", "cpu", "--models", "mlp1x512"]
+    steps = [{"name": "cuda-tests", "cmd": tests}, {"name": "sweep", "cmd": sweep, "file": sweep_file},
+             {"name": "bench", "cmd": bench, "json": tmp / "bench.json"}]
+    return [s for s in steps if s["name"] in args.steps]
 
 
 def write_sweep(path: Path, dataset: str, smoke: bool) -> None:
@@ -163,7 +174,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget", type=float, default=None,
                    help=f"seconds for all steps (default {BUDGET_S}; {SMOKE_BUDGET_S} with --smoke on a CPU)")
     p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/gpu-check-<date>-<device>.json)")
+    p.add_argument("--steps", default=",".join(STEPS),
+                   help=f"comma-separated steps to run (default all: {','.join(STEPS)}); cuda-tests,bench needs "
+                        "neither Ray nor MLflow (README, GPU check: on a machine that lacks them)")
     args = p.parse_args(argv)
+    args.steps = [x.strip() for x in args.steps.split(",") if x.strip()]
+    unknown = [x for x in args.steps if x not in STEPS]
+    if unknown or not args.steps:
+        print(f"gpu-check: error: --steps {','.join(args.steps) or '(none)'}: allowed steps are "
+              f"{', '.join(STEPS)}", file=sys.stderr)
+        return 2
     args.budget = args.budget or (SMOKE_BUDGET_S if args.smoke else BUDGET_S)
     if args.data and not (Path(args.data) / "train").is_dir():
         print(f"gpu-check: error: no image folder at {args.data} (expected {args.data}/train and /test); "
@@ -199,7 +219,8 @@ def run_all(args: argparse.Namespace, tmp: Path) -> int:
     if args.plan:
         for s in steps:
             print(f"{s['name']}: {' '.join(str(c) for c in s['cmd'])}")
-        print(f"sweep file: {SWEEP.format(dataset=dataset, subset=2000, epochs=4, device='cuda', gpu=0.25)}")
+        if "sweep" in args.steps:
+            print(f"sweep file: {SWEEP.format(dataset=dataset, subset=2000, epochs=4, device='cuda', gpu=0.25)}")
         return 0
     import torch
 
@@ -207,8 +228,10 @@ def run_all(args: argparse.Namespace, tmp: Path) -> int:
     name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
     result: dict[str, Any] = {"date": dt.datetime.now().isoformat(timespec="seconds"), "device": name,
                               "torch": torch.__version__, "cuda": torch.version.cuda, "data": dataset,
-                              "smoke": args.smoke, "budget_s": args.budget, "steps": []}
-    write_sweep(steps[1]["file"], dataset, args.smoke)
+                              "smoke": args.smoke, "budget_s": args.budget, "steps_asked": args.steps, "steps": []}
+    for s in steps:
+        if s["name"] == "sweep":
+            write_sweep(s["file"], dataset, args.smoke)
     for s in steps:
         left = args.budget - (time.perf_counter() - start)
         if left < 10:
