@@ -39,6 +39,7 @@ from typing import Any, Protocol
 from rgsweep import tracking
 from rgsweep.config import ConfigError
 from rgsweep.metrics import EPOCH_SERIES
+from rgsweep.stores import artifact_root
 
 EPOCH_KEYS = {"epoch", *EPOCH_SERIES}  # what the driver logs per epoch (rgsweep/metrics.py)
 LEASE_TTL_S = 60.0  # a lease with no heartbeat for this long is dead ($RGSWEEP_LEASE_TTL_S)
@@ -380,7 +381,7 @@ def fit_resources(wanted: dict[str, float], cluster: dict[str, float]) -> dict[s
 
 def default_storage(uri: str) -> str:
     """Ray Tune's state beside the SQLite store (mlruns/ray), else ./mlruns/ray."""
-    root = tracking.artifact_root(uri)
+    root = artifact_root(uri)
     base = Path(root[len("file://"):]) if root else Path("mlruns").resolve()
     return str(base / "ray")
 

@@ -38,7 +38,7 @@ from mlflow.exceptions import MlflowException
 from rgsweep.data.sources import data_location
 from rgsweep.metrics import FINAL_FROM_SERIES
 from rgsweep.palette import arch_color
-from rgsweep.stores import DEFAULT_TRACKING_URI, absolute_uri, artifact_root, given_uri, sqlite_file  # noqa: F401 - callers use tracking.given_uri etc.
+from rgsweep.stores import absolute_uri, artifact_root, sqlite_file
 
 TAG = "rgsweep."
 T = TypeVar("T")

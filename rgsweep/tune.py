@@ -74,7 +74,7 @@ from rgsweep.config import ConfigError, TrialConfig
 from rgsweep.lifecycle import EPOCH_KEYS, default_storage, fit_resources, ui_hint
 from rgsweep.preload import SweepData, preload
 from rgsweep.progress import Progress
-from rgsweep.stores import sqlite_file
+from rgsweep.stores import given_uri, sqlite_file
 from rgsweep.trials import FAILED_KEY, SUMMARY_KEY, study_trainable, trial_config
 from rgsweep.tunefile import TuningPlan, baseline_path, default_optuna_storage
 
@@ -442,7 +442,7 @@ def run_tune(
     if data is None:
         data = preload([plan.base])
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    url = storage_url or default_optuna_storage(tracking.given_uri(tracking_uri))
+    url = storage_url or default_optuna_storage(given_uri(tracking_uri))
     tracker = StudyTracker(plan, url, resume, restart, baseline_out=baseline_out, launch={
         "storage_path": storage_path, "max_concurrent": max_concurrent, "verbose": verbose, "data": data})
     code = lifecycle.live(tracker, tracking_uri=tracking_uri, ray_address=ray_address, num_cpus=num_cpus)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from rgsweep import metrics
-from rgsweep.stores import sqlite_file
+from rgsweep.stores import given_uri, sqlite_file
 
 if TYPE_CHECKING:  # mlflow is imported lazily: notebooks only need load_export, and mlflow is slow to import
     from mlflow import MlflowClient
@@ -49,7 +49,7 @@ def resolve_uri(uri: str | None) -> str:
     "unknown experiment" error that hides the cause."""
     from rgsweep import tracking  # imports mlflow: kept out of module import for load_export's sake
 
-    given = tracking.given_uri(uri)
+    given = given_uri(uri)
     db = sqlite_file(given)
     if db is not None:
         path = db.resolve()
