@@ -33,6 +33,8 @@ def commands(tmp: Path) -> dict[str, tuple[list[str], int]]:
         "rgsweep --help": ([RGSWEEP, "--help"], 0),
         "rgsweep sweep BAD": ([RGSWEEP, "sweep", str(bad)], 2),
         "rgsweep sweep demo --dry-run": ([RGSWEEP, "sweep", str(REPO / "sweeps" / "demo.yaml"), "--dry-run"], 0),
+        "rgsweep sweep label-noise --dry-run --pack 4": (
+            [RGSWEEP, "sweep", str(REPO / "sweeps" / "label-noise.yaml"), "--dry-run", "--pack", "4"], 0),
         "rgsweep tune BAD": ([RGSWEEP, "tune", str(bad_tune)], 2),
         "rgsweep tune tune-demo --dry-run": ([RGSWEEP, "tune", str(REPO / "sweeps" / "tune-demo.yaml"), "--dry-run"],
                                              0),
@@ -64,9 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args(argv)
     result = measure(args.repeats)
-    print(f"{'command':<36}{'seconds':>9}{'/ reference':>13}")
+    print(f"{'command':<46}{'seconds':>9}{'/ reference':>13}")
     for name, r in result.items():
-        print(f"{name:<36}{r['seconds']:>9.2f}{r['ratio_to_reference']:>13.2f}")
+        print(f"{name:<46}{r['seconds']:>9.2f}{r['ratio_to_reference']:>13.2f}")
     return 0
 
 

@@ -19,6 +19,7 @@ PREPROCESS = ("paper", "standard", "none")
 CROP_SIZE = 28  # the paper's window (Appendix A: the centre 28x28 of CIFAR's 32x32)
 AUGMENTATIONS = ("crop", "padcrop", "flip", "erase", "rotate", "affine", "jitter", "perspective")
 MODEL_NAMES = ("mlp1x512", "mlp3x512", "alexnet", "inception", "inception-nobn", "resnet18", "wrn28-1", "cnn")
+MLP_NAMES = ("mlp1x512", "mlp3x512")  # every other architecture is a convnet (tests/test_walls.py checks)
 
 
 def check_augmentations(names: list[str]) -> None:
@@ -29,6 +30,11 @@ def check_augmentations(names: list[str]) -> None:
     if "crop" in names and "padcrop" in names:
         raise ValueError("crop (the paper's random 28x28 window) and padcrop (a padded random crop) are two "
                          "random crops: use one of them")
+
+
+def is_convnet(arch: str) -> bool:
+    """As rgsweep.models.is_convnet, without torch (the driver's packing decision: rgsweep/packing.py)."""
+    return arch not in MLP_NAMES
 
 
 _ABBREV = {"label_noise": "noise", "weight_decay": "wd", "dropout": "drop", "corrupt_fraction": "cfrac",

@@ -14,7 +14,7 @@ optimiser, so every schedule `train()` knows steps identically), and its own sto
 that stops (fitted, early-stopped, out of epochs, diverged, or its `report` raised) is removed from the
 pack, so the others go on without paying for it; its result is final.
 
-What may differ between packed trials (`PACKABLE_DIFFERENCES`): seeds, label noise, input corruption,
+What may differ between packed trials (`packing.PACKABLE_DIFFERENCES`): seeds, label noise, input corruption,
 augmentation, optimiser hyperparameters, schedule, epochs, stop rules and the test-evaluation schedule.
 A trial with the paper's random crop draws its batches from its own full-size images (`x_crop`), cut
 and whitened by its own pipeline, exactly as `train()` does; the others from the shared stacked inputs.
@@ -36,7 +36,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -45,7 +45,8 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from rgsweep.config import TrialConfig
 from rgsweep.data.sources import Dataset
-from rgsweep.models import build_model, count_params, is_convnet
+from rgsweep.models import build_model, count_params
+from rgsweep.packing import check_packable
 from rgsweep.train import (
     DivergedError,
     Report,
@@ -65,52 +66,7 @@ from rgsweep.train import (
     update_summary,
 )
 
-PACKABLE_DIFFERENCES = frozenset({
-    "seed", "label_noise", "corruption", "corrupt_fraction", "pixel_fraction", "corruption_seed", "augment",
-    "lr", "momentum", "weight_decay", "lr_schedule", "lr_decay", "lr_step", "epochs", "fit_threshold",
-    "early_stopping", "eval_every",
-})
 ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8  # torch.optim.Adam's defaults, which train() uses
-
-
-# -- which trials can share a pack ----------------------------------------------------------------
-def pack_signature(config: TrialConfig) -> tuple:
-    """Trials with equal signatures can be packed together (given equal data shapes)."""
-    d = config.model_dump()
-    return tuple((k, repr(d[k])) for k in sorted(d) if k not in PACKABLE_DIFFERENCES)
-
-
-def check_packable(configs: Sequence[TrialConfig]) -> None:
-    """Raise ValueError naming the keys that differ but cannot, or why the trials cannot be packed."""
-    if not configs:
-        raise ValueError("no trials to pack")
-    dumps = [c.model_dump() for c in configs]
-    differing = sorted(k for k in dumps[0] if k not in PACKABLE_DIFFERENCES
-                       and any(d[k] != dumps[0][k] for d in dumps[1:]))
-    if differing:
-        detail = "; ".join(f"{k}: {sorted({repr(d[k]) for d in dumps})}" for k in differing)
-        raise ValueError(f"cannot pack these trials: they differ in {', '.join(differing)} ({detail}); "
-                         f"packed trials may differ only in {', '.join(sorted(PACKABLE_DIFFERENCES))}")
-    if configs[0].dropout > 0:
-        raise ValueError("cannot pack trials with dropout > 0: its masks come from the global RNG inside the "
-                         "forward, which vmap cannot draw per trial as train() does; run them unpacked")
-
-
-def pack_groups(configs: Sequence[TrialConfig], size: int) -> list[list[int]]:
-    """Indices of `configs` in packs of at most `size` packable trials (input order kept within a pack).
-
-    Trials that cannot be packed (dropout) go alone, and so do convnets that will run on the CPU: there
-    the vmapped (grouped) convolutions are compute-bound and ran at 0.7x of one-by-one training on a
-    2-core Xeon (benchmarks/packing.py), while MLPs gain. A pack of one is plain training.
-    """
-    if size < 1:
-        raise ValueError(f"pack size must be >= 1, got {size}")
-    groups: dict[tuple, list[int]] = {}
-    for i, c in enumerate(configs):
-        cpu_convnet = is_convnet(c.arch) and resolve_device(c.device).type == "cpu"
-        alone = c.dropout > 0 or cpu_convnet
-        groups.setdefault(("alone", i) if alone else pack_signature(c), []).append(i)
-    return [g[j : j + size] for g in groups.values() for j in range(0, len(g), size)]
 
 
 # -- stacked data ---------------------------------------------------------------------------------

@@ -136,13 +136,14 @@ class SweepTracker:
         from rgsweep import raytune
 
         a = self.launch_args
-        payloads = make_payloads(self.todo, self.plan.spec.pack, a.get("inject_failure"), a["data"])
+        res = self.plan.spec.resources
+        resources = fit_resources({"cpu": res.cpu, "gpu": res.gpu}, raytune.cluster_resources())
+        # Packed by the GPU share Ray will grant each trial, not by this driver's own devices (packing.py).
+        payloads = make_payloads(self.todo, self.plan.spec.pack, resources["gpu"], a.get("inject_failure"), a["data"])
         for p in payloads.values():
             p["report_interval"] = a.get("report_interval", REPORT_INTERVAL_S)
         if len(payloads) < len(self.todo):
             print(packing_line(len(self.todo), len(payloads), self.plan.spec.pack), flush=True)
-        res = self.plan.spec.resources
-        resources = fit_resources({"cpu": res.cpu, "gpu": res.gpu}, raytune.cluster_resources())
         raytune.run_trials(
             sweep_trainable, name=folder,
             storage_path=a.get("storage_path") or os.environ.get("RGSWEEP_STORAGE") or default_storage(self.uri),

@@ -42,6 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from rgsweep.config import ConfigError, TrialConfig, load_yaml, make_config
 from rgsweep.jobfile import DEFAULT_RETRIES, DEFAULT_SMOKE, Resources, check_run_args, overrides_from_args
 from rgsweep.names import run_name
+from rgsweep.packing import pack_groups
 
 if TYPE_CHECKING:
     from rgsweep.preload import SweepData
@@ -228,15 +229,15 @@ PACK_SEP = "|"  # a packed Ray trial is named by its members' names joined with 
 
 
 def make_payloads(
-    todo: list[Trial], pack: int, inject_failure: dict[str, int] | None = None, data: SweepData | None = None,
+    todo: list[Trial], pack: int, gpu_share: float, inject_failure: dict[str, int] | None = None,
+    data: SweepData | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """One payload per Ray trial: a single trial, or (pack > 1) a pack of compatible trials; with `data`,
-    each names the dataset it trains on (`data`: its key; a pack's members share dataset and subset)."""
+    """One payload per Ray trial: a single trial, or (pack > 1) a pack of compatible trials, for trials
+    granted `gpu_share` of a GPU each (packing.pack_groups); with `data`, each names the dataset it trains
+    on (`data`: its key; a pack's members share dataset and subset)."""
     groups = [[i] for i in range(len(todo))]
     if pack > 1:
-        from rgsweep.packed import pack_groups
-
-        groups = pack_groups([t.config for t in todo], pack)
+        groups = pack_groups([t.config for t in todo], pack, gpu_share)
     payloads: dict[str, dict[str, Any]] = {}
     for group in groups:
         members = []
@@ -255,6 +256,17 @@ def make_payloads(
 
 def packing_line(n_trials: int, n_ray: int, pack: int) -> str:
     return f"packing: {n_trials} trials in {n_ray} Ray trials (pack: {pack})"
+
+
+def dry_run_packing(plan: Plan) -> str:
+    """The packing line of `--dry-run`: packs as planned for trials with the file's GPU share. The run packs
+    by what Ray grants, and a cluster without GPUs drops the share (then `auto` convnets go alone)."""
+    gpu, pack = plan.spec.resources.gpu, plan.spec.pack
+    line = packing_line(len(plan.trials), len(make_payloads(plan.trials, pack, gpu)), pack)
+    on_cpu = len(make_payloads(plan.trials, pack, 0.0))
+    if gpu and on_cpu != len(make_payloads(plan.trials, pack, gpu)):
+        line += f", with gpu={gpu} per trial; {on_cpu} on a cluster without GPUs (convnets run unpacked on CPUs)"
+    return line
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -289,7 +301,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         if plan.baseline:
             print(f"baseline: {plan.baseline}")
         if plan.spec.pack > 1:
-            print(packing_line(len(plan.trials), len(make_payloads(plan.trials, plan.spec.pack)), plan.spec.pack))
+            print(dry_run_packing(plan))
         return 0
     from rgsweep.sweep import run_from_cli  # torch, MLflow and Ray load from here on
 

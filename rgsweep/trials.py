@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from rgsweep.config import TrialConfig, make_config
+from rgsweep.packing import trial_device
 
 # What a trainable's results carry (read by sweep.py's and tune.py's trackers).
 SUMMARY_KEY = "rgsweep_summary"  # the trial's summary result, JSON
@@ -47,6 +48,13 @@ def trial_cost(device: str, seconds: float, granted: dict[str, float]) -> dict[s
     return {"device_s": seconds * share, "device_share": share, "device_kind": kind}
 
 
+def granted_device(cfg: TrialConfig, granted: dict[str, float]) -> TrialConfig:
+    """The trial's config with `device: auto` made `cpu` when Ray granted it no GPU: Ray leaves
+    CUDA_VISIBLE_DEVICES alone for such a trial (rgsweep/packing.py), so torch would see the node's GPUs
+    and put every one of them on GPU 0, uncounted by Ray. With a GPU share `auto` stays (CUDA)."""
+    return cfg.model_copy(update={"device": trial_device(cfg.device, float(granted.get("GPU") or 0.0))})
+
+
 # -- grid sweeps --------------------------------------------------------------------------------
 def sweep_trainable(config: dict[str, Any], payloads: dict[str, dict[str, Any]], datasets: dict[str, Any]) -> None:
     """Thin Ray adapter around `train` (or `train_packed` for a pack of trials): reads the payload and its
@@ -66,7 +74,7 @@ def sweep_trainable(config: dict[str, Any], payloads: dict[str, dict[str, Any]],
     dataset = raytune.get_dataset(datasets[payload["data"]])  # a pack's members share their data
     fetch_s = time.perf_counter() - t_fetch
 
-    configs = [TrialConfig(**m["config"]) for m in members]
+    configs = [granted_device(TrialConfig(**m["config"]), granted) for m in members]
     interval = payload.get("report_interval", REPORT_INTERVAL_S)
     reports = [EpochBuffer(m["name"], raytune.report, m.get("inject_failure"), interval) for m in members]
     # An error raised by the trial's own code is reported as the trial's outcome (FAILED), never raised
@@ -185,8 +193,8 @@ def study_trainable(config: dict[str, Any], base: dict[str, Any], datasets: dict
     from rgsweep.train import DivergedError, train
 
     started = time.monotonic()
-    cfg = trial_config(base, config)
     granted = raytune.trial_resources()
+    cfg = granted_device(trial_config(base, config), granted)
     torch.set_num_threads(max(1, int(granted.get("CPU", 1) or 1)))
     t_fetch = time.perf_counter()
     (handle,) = datasets.values()  # one dataset per study: dataset, data_dir and subset are not tunable

@@ -115,6 +115,8 @@ def test_cli_latency_runs_every_command_with_its_exit_code():
     result = cli_latency.measure(repeats=1)
     codes = {name: r["exit_code"] for name, r in result.items()}
     assert codes == {"reference: import torch, mlflow": 0, "rgsweep --help": 0, "rgsweep sweep BAD": 2,
-                     "rgsweep sweep demo --dry-run": 0, "rgsweep tune BAD": 2, "rgsweep tune tune-demo --dry-run": 0,
+                     "rgsweep sweep demo --dry-run": 0,
+                     "rgsweep sweep label-noise --dry-run --pack 4": 0, "rgsweep tune BAD": 2,
+                     "rgsweep tune tune-demo --dry-run": 0,
                      "rgsweep train --arch nosuch": 2}
     assert all(r["seconds"] > 0 and r["ratio_to_reference"] > 0 for r in result.values())

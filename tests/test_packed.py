@@ -9,7 +9,8 @@ import torch
 from datafiles import write_image_folder
 
 from rgsweep.config import make_config
-from rgsweep.packed import check_packable, pack_groups, train_packed
+from rgsweep.packed import train_packed
+from rgsweep.packing import check_packable, expects_gpu, pack_groups, trial_device
 from rgsweep.train import DivergedError, train
 
 BASE = {"dataset": "synthetic", "epochs": 3, "device": "cpu", "preprocess": "standard", "fit_threshold": None}
@@ -138,10 +139,40 @@ def test_pack_groups_packs_compatible_trials_only():
     b = configs("mlp1x512", [{"seed": 0, "batch_size": 64}])  # another shape of step: its own pack
     c = configs("mlp1x512", [{"seed": 0, "dropout": 0.5}, {"seed": 1, "dropout": 0.5}])  # never packed
     d = configs("alexnet", [{"seed": 0}, {"seed": 1}])  # CPU convnets: packing does not pay, so alone
-    groups = pack_groups([*a, *b, *c, *d], size=2)
+    groups = pack_groups([*a, *b, *c, *d], size=2, gpu_share=0.0)
     assert sorted(groups) == [[0, 1], [2, 3], [4], [5], [6], [7], [8], [9]]
     with pytest.raises(ValueError):
-        pack_groups(a, size=0)
+        pack_groups(a, size=0, gpu_share=0.0)
+
+
+def test_device_auto_is_the_device_ray_grants_and_convnets_pack_by_it():
+    # `auto` follows the trial's GPU share, never the driver's own devices (rgsweep/packing.py): Ray leaves
+    # CUDA_VISIBLE_DEVICES alone for a trial granted no GPU, so torch alone cannot tell.
+    assert [trial_device("auto", g) for g in (0.0, 0.25, 1.0)] == ["cpu", "auto", "auto"]
+    assert [trial_device(d, 0.25) for d in ("cpu", "cuda:1", "mps")] == ["cpu", "cuda:1", "mps"]
+    assert trial_device("cuda", 0.0) == "cuda"  # explicit: kept (Ray does not count it)
+    assert [expects_gpu("auto", 0.25), expects_gpu("auto", 0.0), expects_gpu("cuda:1", 0.0), expects_gpu("cpu", 1)] \
+        == [True, False, True, False]
+    auto = configs("alexnet", [{"seed": s} for s in range(3)], device="auto")
+    assert pack_groups(auto, size=2, gpu_share=0.25) == [[0, 1], [2]]  # on GPUs: packed, even from a CPU-only head
+    assert pack_groups(auto, size=2, gpu_share=0.0) == [[0], [1], [2]]  # on CPUs: alone, even on a GPU box
+    cpu = configs("alexnet", [{"seed": s} for s in range(2)], device="cpu")
+    assert pack_groups(cpu, size=2, gpu_share=0.25) == [[0], [1]]
+    cuda = configs("alexnet", [{"seed": s} for s in range(2)], device="cuda")
+    assert pack_groups(cuda, size=2, gpu_share=0.0) == [[0, 1]]
+    mlps = configs("mlp1x512", [{"seed": s} for s in range(2)], device="auto")
+    assert pack_groups(mlps, size=2, gpu_share=0.0) == [[0, 1]]  # MLPs pack on both
+
+
+def test_trainables_train_on_the_device_ray_granted():
+    from rgsweep.trials import granted_device
+
+    cfg = make_config({**BASE, "device": "auto"})
+    assert granted_device(cfg, {"CPU": 1.0}).device == "cpu"
+    assert granted_device(cfg, {"CPU": 1.0, "GPU": 0.0}).device == "cpu"
+    assert granted_device(cfg, {"CPU": 2.0, "GPU": 0.25}).device == "auto"  # CUDA where torch has it
+    assert granted_device(make_config({**BASE, "device": "cpu"}), {"GPU": 1.0}).device == "cpu"
+    assert granted_device(cfg, {"GPU": 0.25}).key() == cfg.key()  # the device is not part of the trial's key
 
 
 def test_packed_linear_backward_under_autocast():

@@ -13,6 +13,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
 
 # Each check runs in a child forked from one interpreter that has imported torch alone (a second each
 # instead of a fresh torch import per check); a child sees exactly what its own imports loaded.
@@ -69,9 +72,15 @@ def test_module_walls():
 def test_the_command_line_and_the_sweep_and_tuning_files_import_no_torch():
     # `rgsweep --help`, a bad sweep or tuning file or option, and `rgsweep sweep FILE --dry-run` answer before torch,
     # MLflow, Ray or Optuna load (they took 3.5-7.7 s, all of it imports, before anything was checked).
-    code = ("import sys, json\n"
+    # `--dry-run --pack` too: packing is decided by the trials' GPU share (rgsweep/packing.py), not by torch.
+    label_noise = REPO / "sweeps" / "label-noise.yaml"  # gpu: 0.25 per trial: its convnets pack 4 by 4
+    code = ("import sys, json, contextlib, io\n"
             "import rgsweep.cli, rgsweep.sweepfile, rgsweep.tunefile, rgsweep.jobfile, rgsweep.stores, rgsweep.names\n"
+            "import rgsweep.packing\n"
             "rgsweep.cli.build_parser()\n"
+            "with contextlib.redirect_stdout(io.StringIO()) as out:\n"
+            f"    code = rgsweep.cli.main(['sweep', {str(label_noise)!r}, '--dry-run', '--pack', '4'])\n"
+            "assert code == 0 and 'packing: 33 trials in 9 Ray trials' in out.getvalue(), out.getvalue()\n"
             "heavy = ('torch', 'numpy', 'mlflow', 'ray', 'optuna', 'pandas')\n"
             "print(json.dumps([m for m in heavy if m in sys.modules]))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -83,6 +92,7 @@ def test_the_model_registry_builds_exactly_the_names_config_accepts():
     # config.py checks `arch` against rgsweep/names.py without importing torch; the registry must agree
     # (the augmentations, corruptions and presets are each applied by name in their own tests).
     from rgsweep import names
-    from rgsweep.models import MODELS
+    from rgsweep.models import MODELS, is_convnet
 
     assert tuple(MODELS) == names.MODEL_NAMES
+    assert [n for n in MODELS if names.is_convnet(n) != is_convnet(n)] == []  # the driver packs by names.is_convnet
