@@ -262,9 +262,9 @@ def dry_run_packing(plan: Plan) -> str:
     """The packing line of `--dry-run`: packs as planned for trials with the file's GPU share. The run packs
     by what Ray grants, and a cluster without GPUs drops the share (then `auto` convnets go alone)."""
     gpu, pack = plan.spec.resources.gpu, plan.spec.pack
-    line = packing_line(len(plan.trials), len(make_payloads(plan.trials, pack, gpu)), pack)
-    on_cpu = len(make_payloads(plan.trials, pack, 0.0))
-    if gpu and on_cpu != len(make_payloads(plan.trials, pack, gpu)):
+    planned, on_cpu = (len(make_payloads(plan.trials, pack, share)) for share in (gpu, 0.0))
+    line = packing_line(len(plan.trials), planned, pack)
+    if gpu and on_cpu != planned:
         line += f", with gpu={gpu} per trial; {on_cpu} on a cluster without GPUs (convnets run unpacked on CPUs)"
     return line
 
