@@ -1,5 +1,6 @@
 """Session-wide real components: one SQLite MLflow store (schema made once, ~3 s) and one local Ray
-instance (~5 s), shared by every test that needs them. Caches and stores live in a temp dir."""
+instance (~5 s), shared by every test that needs them (one of each per pytest-xdist worker). Caches and
+stores live in a temp dir."""
 
 from __future__ import annotations
 
@@ -19,6 +20,12 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "1")
 # falls under 5%. CI hosts share a large disk: the run of 68554ca failed 4 tests that assert exact stderr
 # (10 GB free of 252 GB). The tests spill nothing, so they warn only above 99% (Ray reads RAY_<config>).
 os.environ.setdefault("RAY_local_fs_capacity_threshold", "0.99")
+# `make test` runs the files in pytest-xdist workers (Makefile: TEST_WORKERS). Two processes that each
+# spread torch over every core spin against each other: gpu-check's CPU smoke took 219 s instead of 31 s.
+# So a worker's torch (and its children's, trials included) uses one thread; set before torch loads.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_CIFAR = REPO.parent / "shared" / "data" / "cifar10-mini"
