@@ -25,7 +25,7 @@ Sweep file (sweeps/*.yaml):
 
 Precedence: baseline < base < grid values < seed < the command line (`--set`, `--dataset`,
 `--data-dir`): a command-line key that is also a grid axis collapses that axis, and the sweep says so.
-`--smoke` runs go to their own experiment, `<experiment>-smoke`.
+`--smoke` runs go to their own experiment, `<experiment>-smoke`. Run names: `_name_trials`.
 """
 
 from __future__ import annotations
@@ -157,19 +157,19 @@ def expand(
         swept.append("seed")
 
     trials: list[Trial] = []
+    shown: list[tuple[list[str], list[str]]] = []  # per trial: the keys its name shows, those only if they vary
     seen: set[str] = set()
     for combo in itertools.product(*(grid[k] for k in keys)):
         values = dict(base)
         chosen: dict[str, Any] = {}
         named: list[str] = []  # the keys the run name shows
+        setup: list[str] = []  # keys of a bundle that picks the architecture: shown where they vary within it
         for k, v in zip(keys, combo):
             point = v if isinstance(v, dict) else {k: v}
             values.update(point)
             chosen.update({kk: vv for kk, vv in point.items() if kk not in overrides})
             if isinstance(v, dict):
-                # A bundle that picks the architecture carries that architecture's setup (its lr, ...):
-                # the name shows the architecture alone.
-                named += ["arch"] if "arch" in v else [kk for kk in v if kk not in overrides]
+                (setup if "arch" in v else named).extend(kk for kk in v if kk not in overrides)
             elif k not in overrides:
                 named.append(k)
         values.update(overrides)  # the command line wins over the grid
@@ -183,13 +183,34 @@ def expand(
             if key in seen:  # two grid points that resolve to the same trial run once
                 continue
             seen.add(key)
-            name = run_name(cfg, named, seed=len(seeds) > 1)
-            if any(t.name == name for t in trials):  # same swept values, other base: keep names unique
-                name = f"{name}-{key[:6]}"
-            trials.append(Trial(cfg, key, name, {**chosen, "seed": seed}))
+            trials.append(Trial(cfg, key, "", {**chosen, "seed": seed}))
+            shown.append((named, setup))
+    _name_trials(trials, shown, several_seeds=len(seeds) > 1)
     experiment = spec.experiment or spec.name
     return Plan(spec, path, f"{experiment}-smoke" if smoke else experiment, trials, swept, notes, smoke,
                 str(bpath) if bpath is not None else None)
+
+
+def _name_trials(trials: list[Trial], shown: list[tuple[list[str], list[str]]], several_seeds: bool) -> None:
+    """Readable, unique run names (what the MLflow UI, the progress line and the report show).
+
+    A plain grid axis or a bundle without `arch` is always in the name. A bundle that picks the
+    architecture may carry that architecture's setup (architectures.yaml: its lr) or the condition it
+    runs (paper-cpu.yaml: `{arch: alexnet, corruption: gaussian}`): its keys are shown where they vary
+    among the sweep's trials of that architecture, so the first reads `alexnet-noise0.0` and the
+    second `alexnet-gaussian`. Two trials left with one name get their trial key's first 6 digits.
+    """
+    setup_keys = list(dict.fromkeys(k for _, setup in shown for k in setup))
+    values: dict[tuple[str, str], set[str]] = {}  # (arch, key) -> the values its trials take
+    for t in trials:
+        for k in setup_keys:
+            values.setdefault((t.config.arch, k), set()).add(repr(getattr(t.config, k, None)))
+    for t, (named, setup) in zip(trials, shown):
+        varying = [k for k in setup if k != "arch" and len(values[(t.config.arch, k)]) > 1]
+        name = run_name(t.config, list(dict.fromkeys(named + varying)), seed=several_seeds)
+        if any(other.name == name for other in trials):  # same swept values, other base: keep names unique
+            name = f"{name}-{t.key[:6]}"
+        t.name = name
 
 
 def collapsed_axes(grid: dict[str, list[Any]], seeds: list[int], overrides: dict[str, Any]) -> list[str]:
