@@ -219,6 +219,36 @@ def test_run_names_show_the_values_a_trial_was_given():
     assert expand(load_spec(path), path).trials[0].name == "inception-noise0.0"
 
 
+def test_shipped_sweep_files_give_readable_unique_run_names():
+    """What the MLflow UI's runs table and the report show: no trial-key digits where the values can say it."""
+    names = {}
+    for f in sorted((REPO / "sweeps").glob("*.yaml")):
+        if not f.name.startswith("tune-"):
+            trials = expand(load_spec(f), f).trials
+            names[f.stem] = [t.name for t in trials]
+            assert len(set(names[f.stem])) == len(trials), f
+            assert not [t.name for t in trials if t.name.endswith(t.key[:6])], f
+    # Bundles that pick the architecture and the condition it runs: the condition is named.
+    assert names["paper-cpu"] == [
+        "alexnet-noise1.0", "alexnet-random_pixels", "alexnet-shuffled_pixels", "alexnet-gaussian", "alexnet-noise0.0",
+        "alexnet-crop-wd0.0005", "alexnet-noise1.0-wd0.0005", "mlp1x512-noise0.0", "mlp1x512-noise0.2",
+        "mlp1x512-noise0.4", "mlp1x512-noise0.6", "mlp1x512-noise0.8", "mlp1x512-noise1.0", "mlp1x512-shuffled_pixels",
+        "mlp1x512-random_pixels", "mlp1x512-gaussian", "mlp1x512-wd0.0005", "mlp1x512-noise1.0-wd0.0005"]
+    # A bundle carrying each architecture's setup (its lr): the lr does not vary within an arch, so it is not named.
+    assert names["architectures"][:2] == ["inception-noise0.0", "inception-noise1.0"]
+
+
+def test_a_bundle_value_that_varies_within_an_architecture_is_named_and_a_tie_gets_key_digits(tmp_path):
+    path = write_sweep(tmp_path, "bundles", grid={"setup": [
+        {"arch": "mlp1x512", "lr": 0.1}, {"arch": "mlp1x512", "lr": 0.01}, {"arch": "cnn", "lr": 0.05}]})
+    assert [t.name for t in expand(load_spec(path), path).trials] == ["mlp1x512-lr0.1", "mlp1x512-lr0.01", "cnn"]
+    # Two trials whose values print alike (a name shows an image folder's kind, not its path): the second
+    # gets its trial key's first 6 digits.
+    path = write_sweep(tmp_path, "tie", grid={"dataset": ["imagefolder:/x/a", "imagefolder:/x/b"]})
+    first, second = expand(load_spec(path), path).trials
+    assert first.name == "mlp1x512-imagefolder" and second.name == f"mlp1x512-imagefolder-{second.key[:6]}"
+
+
 def test_describe_trial_says_what_happened():
     cfg = TrialConfig(dataset="synthetic", arch="cnn", label_noise=1.0)
     s = {"final_train_acc": 1.0, "final_test_acc": 0.12, "final_gen_gap": 0.88, "fitted": True, "epochs_to_fit": 77,
