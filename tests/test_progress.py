@@ -23,8 +23,10 @@ class Clock:
         return self.t
 
 
-def summary(status: str = "finished", **metrics) -> dict:
-    return {**metrics, SUMMARY: json.dumps({"status": status})}
+def summary(status: str = "finished", epochs_run: int | None = None, **metrics) -> dict:
+    """A trial's last result: its metrics, and its summary as the trainables send it (JSON)."""
+    counted = {} if epochs_run is None else {"epochs_run": epochs_run}
+    return {**metrics, SUMMARY: json.dumps({"status": status, **counted})}
 
 
 def make(total: int = 3, live: bool = False, **kw) -> tuple[Progress, io.StringIO, Clock]:
@@ -58,6 +60,27 @@ def test_plain_lines_on_each_trial_end_and_a_heartbeat_without_control_character
     assert "\r" not in out.getvalue() and "\x1b" not in out.getvalue()
     p.close()  # the same state as the last line: not written twice
     assert out.getvalue().splitlines() == lines
+
+
+def test_the_estimate_learns_how_long_trials_run_from_those_that_stopped_at_fit():
+    p, out, clock = make(4, epochs=lambda name: 100)
+    p.trial_started("a", {})
+    p.trial_started("b", {})
+    clock.t = 15
+    p.trial_result("b", {"epoch": 5})
+    p.trial_result("a", summary(test_acc=0.5, epochs_run=10))  # fitted at epoch 10 of 100
+    # Work done: 0.10 (a) + 0.05 (b) of a max-length trial in 15 s. Left: b to 0.10, and two trials of
+    # 0.10 each: 0.25 -> 25 s. (Counting every trial as its 100 epochs said 4 - 1.05 = 2.95 units: 42 s.)
+    assert "15s elapsed, ~25s left" in p.line()
+    # b runs past the typical length: half of what is left to its max, (1 - 0.3) / 2, never zero.
+    clock.t = 40
+    p.trial_result("b", {"epoch": 30})
+    assert "~55s left" in p.line()  # 40 s x (0.35 + 2 x 0.10) / (0.10 + 0.30)
+    p.trial_result("b", summary(test_acc=0.5, epochs_run=30))
+    p.trial_started("c", {})
+    p.trial_result("c", summary("failed", epochs_run=1))  # a failure's epochs are work done, not a length
+    assert p.lengths == [0.1, 0.3] and abs(p.spent - 0.41) < 1e-9
+    assert "~20s left" in p.line()  # one trial of the mean length, 0.2, after 0.41 in 40 s: 40 x 0.2 / 0.41
 
 
 def test_best_is_the_best_finished_trial_and_failures_do_not_count():
