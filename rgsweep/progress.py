@@ -6,16 +6,20 @@
 On a terminal (the stream is a TTY) it is one live line, redrawn in place at most every `redraw` seconds.
 Anywhere else (CI logs, `| tee`, a file) it is a plain line, prefixed `progress:`, when a trial ends and
 otherwise at most every `interval` seconds (a heartbeat for long trials): no carriage returns, no escape
-codes. The time left is the elapsed time scaled by the work left over the work done, counted in epochs as
-shares of each trial's max epochs: an ended trial counts the epochs it ran; a trial yet to start is expected
-to run as long as the finished ones did on average (its max epochs until one has finished: most sweeps stop
-at fit, paper-cpu's trials after 2-89 of their 200); a running trial is expected to reach that length, or,
-once past it, half of what is left to its max. So an estimate exists before the first trial ends, it
-learns from trials that stop early, and it does not reach zero while a trial can still run. Every epoch
-counts the same, so a sweep mixing fast and slow architectures is still overestimated while the slow ones
-run: a real paper-cpu run (9 min; AlexNet first, then the MLP's trials, 20x faster per epoch), replayed
-minute by minute, read 15-21 min left from its third minute on (counting each trial whole: 20-35 min),
-against 6 min down to 1 min in truth.
+codes.
+
+The time left adds up each trial's seconds to go, from what the sweep has shown so far:
+- how long a trial runs, in epochs: the mean of the finished trials of its group (a sweep's groups are its
+  architectures; a study is one group), else that mean as a share of max epochs over all groups, else its
+  max epochs. Most sweeps stop at fit: paper-cpu's trials run 2-89 of their 200 epochs;
+- a running trial has that length less the epochs it ran still to go, or, once past it, half of what is
+  left to its max, so the estimate does not reach zero while a trial can still run;
+- seconds per epoch: those of its group's trials (start to the latest epoch heard, or to the end), else all
+  groups'. The trials run as many at once as were seen running at once, and none in less than itself.
+A group that has not run yet borrows the others' speed: paper-cpu runs its 7 AlexNet trials first, and
+its 11 MLP trials (20x faster an epoch) are counted at AlexNet's speed until the first one ends. Replayed
+on a real run (9 min) it read 15-21 min left from its 3rd to its 8th minute (the truth: 6 to 1 min;
+counting each trial as its max epochs read 20-35), then 2m17s with 45 s to go, once MLP trials had run.
 
 "Best" is over trials that ended well, on their final values: the highest `metric` (mode max) or lowest
 (mode min), shown with the `also` values of the same trial. The events come from Ray through
@@ -51,6 +55,8 @@ class Progress:
         total: int,
         *,
         epochs: Callable[[str], int] | None = None,
+        group: Callable[[str], str] | None = None,
+        queued: list[str] | None = None,
         metric: str = "test_acc",
         mode: str = "max",
         also: tuple[str, ...] = ("gen_gap",),
@@ -64,6 +70,8 @@ class Progress:
     ):
         self.total, self.metric, self.mode, self.also = total, metric, mode, also
         self.epochs = epochs or (lambda name: 0)
+        self.group = group or (lambda name: "")  # trials of a group cost alike per epoch (a sweep: the arch)
+        self.queued = list(queued or [])  # every trial's name, where known up front (a sweep's, not a study's)
         self.names = names or (lambda ray_id, config: [ray_id])
         self.summary_key, self.stopped_as = summary_key, stopped
         self.stream = stream or sys.stderr
@@ -71,8 +79,12 @@ class Progress:
         self.interval, self.clock = interval, clock
         self.t0 = clock()
         self.running: dict[str, float] = {}  # trial name -> share of its max epochs done
-        self.spent = 0.0  # the shares of their max epochs the ended trials ran (1 each where unknown)
-        self.lengths: list[float] = []  # the same share for each finished trial: how long a trial runs
+        self.seen: dict[str, tuple[float, int, float]] = {}  # running trial -> (start, epochs done, heard at)
+        self.gone: set[str] = set()  # the trials that ended
+        self.cost: dict[str, list[float]] = {}  # group -> [seconds, epochs] of its ended trials
+        self.lengths: dict[str, list[int]] = {}  # group -> the epochs each of its finished trials ran
+        self.shares: list[float] = []  # each finished trial's epochs as a share of its max: other groups' guess
+        self.slots = 0  # the most trials seen running at once
         self.ended: dict[str, int] = {"finished": 0, "failed": 0, stopped: 0}
         self.members: dict[str, list[str]] = {}  # Ray trial id -> its trial names
         self.best: tuple[float, dict[str, Any], str] | None = None
@@ -90,24 +102,34 @@ class Progress:
     # -- state ----------------------------------------------------------------------------------------
     def start(self, name: str) -> None:
         self.running[name] = 0.0
+        now = self.clock()
+        self.seen[name] = (now, 0, now)
+        self.slots = max(self.slots, len(self.running))
 
     def epoch(self, name: str, epoch: Any) -> None:
+        if name not in self.running or epoch is None:
+            return
         max_epochs = self.epochs(name)
-        if name in self.running and max_epochs and epoch is not None:
+        if max_epochs:
             self.running[name] = min(1.0, float(epoch) / max_epochs)
+        self.seen[name] = (self.seen[name][0], int(epoch), self.clock())
 
     def end(self, name: str, outcome: str, final: dict[str, Any] | None = None, epochs_run: Any = None) -> None:
-        share = self.running.pop(name, None)
-        if share is None:
+        if self.running.pop(name, None) is None:
             return  # not running: already ended (an error after its summary)
         self.ended[outcome] = self.ended.get(outcome, 0) + 1
-        max_epochs = self.epochs(name)
-        if max_epochs and isinstance(epochs_run, (int, float)):
-            share = min(1.0, epochs_run / max_epochs)  # the summary's count: the last epochs may not have come
-        known = bool(max_epochs) and share > 0  # no epoch seen and no count in the summary: length unknown
-        self.spent += share if known else 1.0
-        if outcome == "finished" and known:
-            self.lengths.append(share)
+        self.gone.add(name)
+        start, epochs, _ = self.seen.pop(name)
+        if isinstance(epochs_run, (int, float)) and epochs_run > 0:
+            epochs = int(epochs_run)  # the summary's count: the last epochs' results may not have come
+        if epochs > 0:
+            cost = self.cost.setdefault(self.group(name), [0.0, 0.0])
+            cost[0] += self.clock() - start
+            cost[1] += epochs
+            if outcome == "finished":
+                self.lengths.setdefault(self.group(name), []).append(epochs)
+                if self.epochs(name):
+                    self.shares.append(min(1.0, epochs / self.epochs(name)))
         value = (final or {}).get(self.metric)
         if outcome == "finished" and isinstance(value, (int, float)):
             better = self.best is None or (value > self.best[0] if self.mode == "max" else value < self.best[0])
@@ -135,11 +157,41 @@ class Progress:
         """The estimate of the module docstring, as the line shows it."""
         if self.done() >= self.total:
             return "0s left"
-        typical = sum(self.lengths) / len(self.lengths) if self.lengths else 1.0
-        done = self.spent + sum(self.running.values())
-        waiting = self.total - self.done() - len(self.running)
-        todo = waiting * typical + sum(typical - f if f < typical else (1.0 - f) / 2 for f in self.running.values())
-        return f"~{fmt_duration(elapsed * todo / done)} left" if done > 0 else "left ?"
+        seconds = {g: c[0] for g, c in self.cost.items()}
+        epochs = {g: c[1] for g, c in self.cost.items()}
+        for name, (start, done, heard) in self.seen.items():
+            if done > 0:
+                g = self.group(name)
+                seconds[g] = seconds.get(g, 0.0) + heard - start
+                epochs[g] = epochs.get(g, 0) + done
+        if not sum(epochs.values()):
+            return "left ?"
+        overall = sum(seconds.values()) / sum(epochs.values())
+
+        def rate(name: str) -> float:  # seconds per epoch
+            g = self.group(name)
+            return seconds[g] / epochs[g] if epochs.get(g) else overall
+
+        def length(name: str) -> float:  # epochs it is expected to run in all
+            ran, most = self.lengths.get(self.group(name)), self.epochs(name) or 0
+            if ran:
+                return sum(ran) / len(ran)
+            return most * sum(self.shares) / len(self.shares) if self.shares and most else most
+
+        def still(name: str) -> float:  # a running trial's seconds left
+            done, expected = self.seen[name][1], length(name)
+            more = expected - done if done < expected else max(0.0, (self.epochs(name) or done) - done) / 2
+            return more * rate(name)
+
+        waiting = [n for n in self.queued if n not in self.running and n not in self.gone]
+        unnamed = max(0, self.total - self.done() - len(self.running) - len(waiting))  # a study's next trials
+        if unnamed and not length(""):
+            return "left ?"  # nothing says how long a study's next trials run
+        trials = [still(n) for n in self.running] + [length(n) * rate(n) for n in waiting] \
+            + [length("") * rate("")] * unnamed  # seconds each
+        # As many at once as were seen running at once; and no sooner than the longest trial alone.
+        eta = max(max(trials), sum(trials) / max(self.slots, 1))
+        return f"~{fmt_duration(eta)} left"
 
     # -- output ---------------------------------------------------------------------------------------
     def show(self, force: bool = False) -> None:
@@ -202,6 +254,8 @@ class Progress:
         for name in self.members.get(ray_id, []):
             if name in self.running:
                 self.running[name] = 0.0
+                now = self.clock()
+                self.seen[name] = (now, 0, now)
 
     def tick(self) -> None:
         """Called on every step of Tune's loop: redraws the clock (live) or writes the heartbeat (plain)."""

@@ -368,8 +368,9 @@ def run_sweep(
 
 def sweep_progress(todo: list[Trial], verbose: int = 0) -> Progress:
     """The progress line over the trials to run; best = highest final test_acc, with its gen_gap."""
-    epochs = {t.name: t.config.epochs for t in todo}
-    return Progress(len(todo), epochs=epochs.get, names=lambda ray_id, config: config["trial"].split(PACK_SEP),
+    epochs, archs = {t.name: t.config.epochs for t in todo}, {t.name: t.config.arch for t in todo}
+    return Progress(len(todo), epochs=epochs.get, group=archs.get, queued=[t.name for t in todo],
+                    names=lambda ray_id, config: config["trial"].split(PACK_SEP),
                     summary_key=SUMMARY_KEY, **({"live": False, "interval": math.inf} if verbose else {}))
 
 

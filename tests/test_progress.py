@@ -48,8 +48,9 @@ def test_plain_lines_on_each_trial_end_and_a_heartbeat_without_control_character
     p.tick()  # heartbeat
     assert out.getvalue().count("\n") == 2
     assert "trials 0/3 done, 2 running" in out.getvalue().splitlines()[-1]
-    # r1 is half way (5/10 epochs): 0.5 units of work in 40 s -> 2.5 left -> ~200 s
-    assert "40s elapsed, ~3m20s left" in out.getvalue().splitlines()[-1]
+    # r1 ran 5 of its 10 epochs in its first 10 s: 2 s an epoch. Left: r1's 5 epochs (10 s), r2's 10 (20 s) and
+    # the third trial's 10 (20 s), two at a time: 25 s.
+    assert "40s elapsed, ~25s left" in out.getvalue().splitlines()[-1]
     clock.t = 41
     p.trial_result("r1", summary(test_acc=0.8, gen_gap=0.2))  # a trial end: a line at once
     p.trial_errored("r2", "boom")
@@ -68,19 +69,37 @@ def test_the_estimate_learns_how_long_trials_run_from_those_that_stopped_at_fit(
     p.trial_started("b", {})
     clock.t = 15
     p.trial_result("b", {"epoch": 5})
-    p.trial_result("a", summary(test_acc=0.5, epochs_run=10))  # fitted at epoch 10 of 100
-    # Work done: 0.10 (a) + 0.05 (b) of a max-length trial in 15 s. Left: b to 0.10, and two trials of
-    # 0.10 each: 0.25 -> 25 s. (Counting every trial as its 100 epochs said 4 - 1.05 = 2.95 units: 42 s.)
+    p.trial_result("a", summary(test_acc=0.5, epochs_run=10))  # fitted at epoch 10 of its 100
+    # 15 epochs in 30 trial-seconds: 2 s an epoch. A trial runs 10 epochs (a's), so b has 5 left (10 s) and the two
+    # trials not started 10 each (20 s each), two at a time: 25 s. (Counting each trial as its 100 epochs: 42 s.)
     assert "15s elapsed, ~25s left" in p.line()
-    # b runs past the typical length: half of what is left to its max, (1 - 0.3) / 2, never zero.
+    # b runs past that length: half of what is left to its max, (100 - 30) / 2 epochs at 55 s / 40 epochs.
     clock.t = 40
     p.trial_result("b", {"epoch": 30})
-    assert "~55s left" in p.line()  # 40 s x (0.35 + 2 x 0.10) / (0.10 + 0.30)
+    assert "~48s left" in p.line()
     p.trial_result("b", summary(test_acc=0.5, epochs_run=30))
     p.trial_started("c", {})
-    p.trial_result("c", summary("failed", epochs_run=1))  # a failure's epochs are work done, not a length
-    assert p.lengths == [0.1, 0.3] and abs(p.spent - 0.41) < 1e-9
-    assert "~20s left" in p.line()  # one trial of the mean length, 0.2, after 0.41 in 40 s: 40 x 0.2 / 0.41
+    p.trial_result("c", summary("failed", epochs_run=1))  # a failure's epochs cost time; they are no length
+    assert p.lengths == {"": [10, 30]} and p.cost == {"": [55.0, 41]}
+    # One trial left, of the mean length (20 epochs) at 55 / 41 s an epoch, alone: 27 s, not halved for 2 slots.
+    assert "~27s left" in p.line()
+
+
+def test_each_architecture_has_its_own_time_per_epoch_and_the_queue_is_known():
+    names = ["cnn-a", "cnn-b", "mlp-a", "mlp-b"]
+    p, out, clock = make(4, epochs=lambda name: 50, group=lambda name: name.split("-")[0], queued=names)
+    p.trial_started("cnn-a", {})
+    clock.t = 20
+    p.trial_result("cnn-a", summary(epochs_run=10))  # 2 s an epoch
+    p.trial_started("mlp-a", {})
+    clock.t = 21
+    p.trial_result("mlp-a", summary(epochs_run=10))  # 0.1 s an epoch
+    # cnn-b: 10 epochs x 2 s, mlp-b: 10 x 0.1 s, one at a time (never two seen running): 21 s.
+    assert "~21s left" in p.line()
+    p.trial_started("mlp-b", {})
+    p.trial_started("cnn-b", {})
+    # Two at once now: the longest trial alone bounds it, cnn-b's 20 s.
+    assert "~20s left" in p.line()
 
 
 def test_best_is_the_best_finished_trial_and_failures_do_not_count():
