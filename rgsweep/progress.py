@@ -145,7 +145,7 @@ class Progress:
         parts = [f"{v} {k}" for k, v in self.ended.items() if v]
         counts = f"trials {self.done()}/{self.total} done" + (f" ({', '.join(parts)})" if parts else "")
         counts += f", {len(self.running)} running"
-        left = self.left(elapsed)
+        left = self.left()
         best = "best -"
         if self.best is not None:
             value, extra, name = self.best
@@ -153,7 +153,7 @@ class Progress:
             best = f"best {self.metric} {value:.3f}" + (f" {shown}" if shown else "") + f" ({name})"
         return f"{counts} | {fmt_duration(elapsed)} elapsed, {left} | {best}"
 
-    def left(self, elapsed: float) -> str:
+    def left(self) -> str:
         """The estimate of the module docstring, as the line shows it."""
         if self.done() >= self.total:
             return "0s left"
@@ -190,7 +190,7 @@ class Progress:
         trials = [still(n) for n in self.running] + [length(n) * rate(n) for n in waiting] \
             + [length("") * rate("")] * unnamed  # seconds each
         # As many at once as were seen running at once; and no sooner than the longest trial alone.
-        eta = max(max(trials), sum(trials) / max(self.slots, 1))
+        eta = max(max(trials, default=0.0), sum(trials) / max(self.slots, 1))
         return f"~{fmt_duration(eta)} left"
 
     # -- output ---------------------------------------------------------------------------------------
