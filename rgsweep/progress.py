@@ -78,8 +78,7 @@ class Progress:
         self.live = self.stream.isatty() if live is None else live
         self.interval, self.clock = interval, clock
         self.t0 = clock()
-        self.running: dict[str, float] = {}  # trial name -> share of its max epochs done
-        self.seen: dict[str, tuple[float, int, float]] = {}  # running trial -> (start, epochs done, heard at)
+        self.running: dict[str, tuple[float, int, float]] = {}  # trial name -> (start, epochs done, heard at)
         self.gone: set[str] = set()  # the trials that ended
         self.cost: dict[str, list[float]] = {}  # group -> [seconds, epochs] of its ended trials
         self.lengths: dict[str, list[int]] = {}  # group -> the epochs each of its finished trials ran
@@ -101,25 +100,20 @@ class Progress:
 
     # -- state ----------------------------------------------------------------------------------------
     def start(self, name: str) -> None:
-        self.running[name] = 0.0
         now = self.clock()
-        self.seen[name] = (now, 0, now)
+        self.running[name] = (now, 0, now)
         self.slots = max(self.slots, len(self.running))
 
     def epoch(self, name: str, epoch: Any) -> None:
-        if name not in self.running or epoch is None:
-            return
-        max_epochs = self.epochs(name)
-        if max_epochs:
-            self.running[name] = min(1.0, float(epoch) / max_epochs)
-        self.seen[name] = (self.seen[name][0], int(epoch), self.clock())
+        if name in self.running and epoch is not None:
+            self.running[name] = (self.running[name][0], int(epoch), self.clock())
 
     def end(self, name: str, outcome: str, final: dict[str, Any] | None = None, epochs_run: Any = None) -> None:
-        if self.running.pop(name, None) is None:
+        if name not in self.running:
             return  # not running: already ended (an error after its summary)
+        start, epochs, _ = self.running.pop(name)
         self.ended[outcome] = self.ended.get(outcome, 0) + 1
         self.gone.add(name)
-        start, epochs, _ = self.seen.pop(name)
         if isinstance(epochs_run, (int, float)) and epochs_run > 0:
             epochs = int(epochs_run)  # the summary's count: the last epochs' results may not have come
         if epochs > 0:
@@ -159,7 +153,7 @@ class Progress:
             return "0s left"
         seconds = {g: c[0] for g, c in self.cost.items()}
         epochs = {g: c[1] for g, c in self.cost.items()}
-        for name, (start, done, heard) in self.seen.items():
+        for name, (start, done, heard) in self.running.items():
             if done > 0:
                 g = self.group(name)
                 seconds[g] = seconds.get(g, 0.0) + heard - start
@@ -179,7 +173,7 @@ class Progress:
             return most * sum(self.shares) / len(self.shares) if self.shares and most else most
 
         def still(name: str) -> float:  # a running trial's seconds left
-            done, expected = self.seen[name][1], length(name)
+            done, expected = self.running[name][1], length(name)
             more = expected - done if done < expected else max(0.0, (self.epochs(name) or done) - done) / 2
             return more * rate(name)
 
@@ -253,9 +247,8 @@ class Progress:
         """A lost attempt Ray runs again: its trials are still running (their epochs start over)."""
         for name in self.members.get(ray_id, []):
             if name in self.running:
-                self.running[name] = 0.0
                 now = self.clock()
-                self.seen[name] = (now, 0, now)
+                self.running[name] = (now, 0, now)
 
     def tick(self) -> None:
         """Called on every step of Tune's loop: redraws the clock (live) or writes the heartbeat (plain)."""
